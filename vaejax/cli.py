@@ -1,0 +1,91 @@
+"""`python train.py`: flags -> Config -> training -> figures. User errors end in one line, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from vaejax.config import MODEL_DEFAULTS, MODELS, Config
+from vaejax.errors import VaejaxError
+
+DETERMINISTIC_XLA_FLAG = "--xla_gpu_deterministic_ops=true"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (no usage block) with exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def defaults_text(option: str) -> str:
+    return ", ".join(f"{model} {values[option]}" for model, values in MODEL_DEFAULTS.items())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="train.py",
+        description="Train the seed autoencoders (conv_vae: seed 000, dense_ae: seed 003) with JAX.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--model", default="conv_vae", help=f"architecture: {' or '.join(MODELS)}")
+    add("--dataset", default="mnist",
+        help="mnist (bundled), or a 28x28 grayscale TFDS name such as fashion_mnist or kmnist")
+    add("--data_dir", default=None,
+        help="folder with the four IDX files (gzip or raw), e.g. /usr/share/datasets/fashion-mnist")
+    add("--latent_dim", type=int, default=2, help="size of the latent code")
+    add("--epochs", type=int, default=None, help=f"epochs to train (default: {defaults_text('epochs')})")
+    add("--batch_size", type=int, default=None, help=f"batch size (default: {defaults_text('batch_size')})")
+    add("--learning_rate", type=float, default=None,
+        help=f"Adam learning rate (default: {defaults_text('learning_rate')})")
+    add("--seed", type=int, default=0, help="the one seed every random key derives from")
+    add("--workdir", default=None, help="output folder (default: runs/<model>-<dataset>-z<latent>-s<seed>)")
+    add("--resume", action="store_true", help="continue the run in --workdir from its last checkpoint")
+    add("--overwrite", action="store_true", help="replace a run already in --workdir")
+    add("--inputs_decoder", type=int, default=49,
+        help="conv_vae: width of the decoder's dense layers; a perfect square (reshaped to side x side)")
+    add("--test_image_number", type=int, default=5, help="test images shown in the reconstruction figure")
+    add("--plot_latent", action=argparse.BooleanOptionalAction, default=None,
+        help="draw the latent scatter and grid (default: on when latent_dim is 2)")
+    add("--limit", type=int, default=None, help="use only the first N training images (quick runs)")
+    add("--deterministic", action="store_true",
+        help=f"GPU: set XLA_FLAGS={DETERMINISTIC_XLA_FLAG} before JAX starts (bitwise repeatable runs)")
+    return parser
+
+
+def enable_deterministic_ops() -> None:
+    """Ask XLA for deterministic GPU kernels; only effective before JAX initialises its backend."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if DETERMINISTIC_XLA_FLAG not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {DETERMINISTIC_XLA_FLAG}".strip()
+    if "jax" in sys.modules:
+        print("warning: jax was imported before --deterministic took effect", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = Config(**vars(args)).resolved()
+        if config.deterministic:
+            enable_deterministic_ops()
+        return run(config)
+    except VaejaxError as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return 2
+
+
+def run(config: Config) -> int:
+    import jax  # imported here so that --deterministic can set XLA_FLAGS first
+
+    from vaejax.plots import write_figures
+    from vaejax.training import train
+
+    print(f"JAX {jax.__version__} backend {jax.default_backend()}: {', '.join(map(str, jax.devices()))}")
+    print(f"{config.model} on {config.dataset}, latent_dim {config.latent_dim}, batch {config.batch_size}, "
+          f"lr {config.learning_rate}, {config.epochs} epochs, seed {config.seed} -> {config.workdir}")
+    result = train(config)
+    figures = write_figures(result)
+    print(f"wrote {result.workdir}/params.msgpack and {len(figures)} figures in {result.workdir}/figures")
+    return 0

@@ -1,0 +1,107 @@
+"""Every training option in one place: its default, and its validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+
+from vaejax.errors import VaejaxError
+
+MODELS = ("conv_vae", "dense_ae")
+
+# The seeds' settings: seed 000 (TF1 conv VAE) and seed 003 (Keras dense AE, Keras' default batch).
+MODEL_DEFAULTS = {
+    "conv_vae": {"epochs": 20, "batch_size": 128, "learning_rate": 5e-4},
+    "dense_ae": {"epochs": 10, "batch_size": 32, "learning_rate": 1e-3},
+}
+
+# Options that change the trained bits; a resumed run must agree on all of them. `epochs` is left
+# out on purpose: resuming with a larger --epochs continues the same run.
+RESULT_FIELDS = (
+    "model", "dataset", "data_dir", "latent_dim", "inputs_decoder", "batch_size",
+    "learning_rate", "seed", "limit",
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A training run's options. `None` for epochs/batch_size/learning_rate means the model's default."""
+
+    model: str = "conv_vae"
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    latent_dim: int = 2
+    inputs_decoder: int = 49
+    epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    seed: int = 0
+    limit: int | None = None
+    workdir: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+    test_image_number: int = 5
+    plot_latent: bool | None = None
+    deterministic: bool = False
+
+    def resolved(self) -> Config:
+        """Fill model defaults and the default work directory, then validate."""
+        if self.model not in MODELS:
+            raise VaejaxError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        defaults = MODEL_DEFAULTS[self.model]
+        filled = {name: value for name, value in defaults.items() if getattr(self, name) is None}
+        dataset = normalize_dataset_name(self.dataset)
+        config = dataclasses.replace(self, dataset=dataset, **filled)
+        if config.plot_latent is None:
+            config = dataclasses.replace(config, plot_latent=config.latent_dim == 2)
+        if config.workdir is None:
+            name = f"{config.model}-{dataset}-z{config.latent_dim}-s{config.seed}"
+            config = dataclasses.replace(config, workdir=f"runs/{name}")
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise VaejaxError naming the first invalid option."""
+        _require(self.latent_dim >= 1, f"--latent_dim must be at least 1, got {self.latent_dim}")
+        _require(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
+        _require(self.batch_size >= 1, f"--batch_size must be at least 1, got {self.batch_size}")
+        _require(
+            math.isfinite(self.learning_rate) and self.learning_rate > 0,
+            f"--learning_rate must be a positive finite number, got {self.learning_rate}",
+        )
+        root = math.isqrt(self.inputs_decoder) if self.inputs_decoder >= 1 else 0
+        _require(
+            root >= 1 and root * root == self.inputs_decoder,
+            f"--inputs_decoder must be a perfect square (e.g. 49), got {self.inputs_decoder}",
+        )
+        _require(self.limit is None or self.limit >= 1, f"--limit must be at least 1, got {self.limit}")
+        _require(
+            self.test_image_number >= 1,
+            f"--test_image_number must be at least 1, got {self.test_image_number}",
+        )
+        _require(not (self.resume and self.overwrite), "--resume and --overwrite exclude each other")
+
+    def result_dict(self) -> dict:
+        """The options that determine the trained parameters."""
+        return {name: getattr(self, name) for name in RESULT_FIELDS}
+
+    def result_hash(self) -> str:
+        """A short stable hash of `result_dict`, stored in checkpoints and metrics."""
+        text = json.dumps(self.result_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+
+def normalize_dataset_name(name: str) -> str:
+    """Accept the seed's spelling (`fashion-mnist`) for the TFDS one (`fashion_mnist`)."""
+    return name.strip().lower().replace("-", "_")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise VaejaxError(message)

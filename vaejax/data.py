@@ -1,0 +1,209 @@
+"""Datasets as uint8 arrays: the bundled MNIST, any folder of IDX files, or a TFDS dataset."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import zlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from vaejax.errors import VaejaxError
+
+IMAGE_SIDE = 28
+IMAGE_PIXELS = IMAGE_SIDE * IMAGE_SIDE
+NUM_CLASSES = 10
+
+IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
+LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
+
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+# MD5 of the decompressed bytes of the bundled files (the official values, see vaejax/mnist/README.md).
+MNIST_MD5 = {
+    "train_images": "6bbc9ace898e44ae57da46a324031adb",
+    "train_labels": "a25bea736e30d166cdddb491f175f624",
+    "test_images": "2646ac647ad5339dbf082846283269ea",
+    "test_labels": "27ae3e4e09519cfbb04c329615203637",
+}
+
+DIGIT_NAMES = tuple(str(digit) for digit in range(NUM_CLASSES))
+FASHION_NAMES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+DEBIAN_FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Images as uint8 (N, 28, 28), labels as uint8 (N,), and the names of the ten classes."""
+
+    name: str
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    class_names: tuple[str, ...]
+
+    def limited(self, limit: int | None) -> Dataset:
+        """Keep only the first `limit` training images (the test set stays whole)."""
+        if limit is None:
+            return self
+        return Dataset(
+            self.name, self.train_images[:limit], self.train_labels[:limit],
+            self.test_images, self.test_labels, self.class_names,
+        )
+
+
+def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
+    """Load `name`: from `data_dir` (IDX files) if given, the bundled copy for mnist, else TFDS."""
+    class_names = FASHION_NAMES if name == "fashion_mnist" else DIGIT_NAMES
+    if data_dir is not None:
+        return load_idx_dir(Path(data_dir), name, class_names)
+    if name == "mnist":
+        return load_bundled_mnist()
+    return load_tfds(name)
+
+
+def load_bundled_mnist() -> Dataset:
+    """The MNIST copy shipped inside the package, checked against the official MD5s."""
+    folder = resources.files("vaejax") / "mnist"
+    with resources.as_file(folder) as path:
+        return load_idx_dir(Path(path), "mnist", DIGIT_NAMES, expected_md5=MNIST_MD5)
+
+
+def load_idx_dir(
+    folder: Path,
+    name: str,
+    class_names: tuple[str, ...],
+    expected_md5: dict[str, str] | None = None,
+) -> Dataset:
+    """Read the four standard IDX files (gzip or raw) from `folder` and check they agree."""
+    if not folder.is_dir():
+        raise VaejaxError(f"data folder {folder} does not exist")
+    arrays = {}
+    for key, stem in IDX_FILES.items():
+        path = _find_idx_file(folder, stem)
+        raw = read_bytes(path)
+        if expected_md5 is not None and hashlib.md5(raw).hexdigest() != expected_md5[key]:
+            raise VaejaxError(f"{path}: MD5 mismatch, the file is corrupt (expected {expected_md5[key]})")
+        magic = IMAGES_MAGIC if key.endswith("images") else LABELS_MAGIC
+        arrays[key] = parse_idx(raw, magic, path)
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if len(images) != len(labels):
+            raise VaejaxError(
+                f"{folder}: {split} set has {len(images)} images but {len(labels)} labels"
+            )
+    return Dataset(name=name, class_names=class_names, **arrays)
+
+
+def _find_idx_file(folder: Path, stem: str) -> Path:
+    for candidate in (folder / f"{stem}.gz", folder / stem):
+        if candidate.is_file():
+            return candidate
+    raise VaejaxError(f"{folder}: missing {stem}.gz (or uncompressed {stem})")
+
+
+def read_bytes(path: Path) -> bytes:
+    """The file's bytes, decompressed when it is gzip (recognised by its magic, not its name)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise VaejaxError(f"{path}: cannot read ({error.strerror})") from None
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as error:
+        raise VaejaxError(f"{path}: corrupt or truncated gzip ({error})") from None
+
+
+def parse_idx(raw: bytes, expected_magic: int, path: Path) -> np.ndarray:
+    """Parse IDX bytes into uint8 images (N, 28, 28) or labels (N,), validating the header."""
+    if len(raw) == 0:
+        raise VaejaxError(f"{path}: file is empty")
+    ndim = 3 if expected_magic == IMAGES_MAGIC else 1
+    header_size = 4 * (1 + ndim)
+    if len(raw) < header_size:
+        raise VaejaxError(f"{path}: file too short for an IDX header ({len(raw)} bytes)")
+    magic = int.from_bytes(raw[:4], "big")
+    if magic != expected_magic:
+        kind = "images" if expected_magic == IMAGES_MAGIC else "labels"
+        raise VaejaxError(f"{path}: wrong magic number {magic}, expected {expected_magic} for IDX {kind}")
+    dims = [int.from_bytes(raw[4 * (i + 1): 4 * (i + 2)], "big") for i in range(ndim)]
+    if ndim == 3 and dims[1:] != [IMAGE_SIDE, IMAGE_SIDE]:
+        raise VaejaxError(f"{path}: images are {dims[1]}x{dims[2]}, expected 28x28")
+    if dims[0] == 0:
+        raise VaejaxError(f"{path}: header says it holds no examples")
+    expected_size = header_size + int(np.prod(dims))
+    if len(raw) != expected_size:
+        raise VaejaxError(
+            f"{path}: {len(raw)} bytes but the header ({dims[0]} examples) needs {expected_size}"
+        )
+    array = np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(dims)
+    if ndim == 1 and array.max() >= NUM_CLASSES:
+        raise VaejaxError(f"{path}: label {int(array.max())} outside 0..9")
+    return array
+
+
+def load_tfds(name: str) -> Dataset:
+    """A 28x28 grayscale TFDS dataset through `tfds.data_source` (random access, no TensorFlow).
+
+    Reads data already prepared in TFDS's data dir (`TFDS_DATA_DIR`, default ~/tensorflow_datasets).
+    Preparing a dataset needs TensorFlow and the network; we do it only when TensorFlow is present.
+    """
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise VaejaxError(f"unknown dataset {name!r}: not 'mnist' and not a TFDS dataset") from None
+    _check_tfds_features(name, builder.info.features)
+    splits = {}
+    for split in ("train", "test"):
+        try:
+            source = tfds.data_source(name, split=split, download=False)
+        except Exception:  # TFDS raises several types for "not prepared"; we diagnose it ourselves
+            _prepare_tfds(name, builder)
+            source = tfds.data_source(name, split=split, download=False)
+        records = [source[index] for index in range(len(source))]
+        images = np.stack([record["image"] for record in records]).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
+        labels = np.array([record["label"] for record in records])
+        splits[split] = (images.astype(np.uint8), labels.astype(np.uint8))
+    class_names = tuple(builder.info.features["label"].names)
+    return Dataset(name, *splits["train"], *splits["test"], class_names)
+
+
+def _check_tfds_features(name: str, features) -> None:
+    image, label = features.get("image"), features.get("label")
+    if image is None or label is None or tuple(image.shape) != (IMAGE_SIDE, IMAGE_SIDE, 1):
+        shape = None if image is None else tuple(image.shape)
+        raise VaejaxError(f"dataset {name!r} has images of shape {shape}; vaejax needs 28x28x1 grayscale")
+    if getattr(label, "num_classes", None) != NUM_CLASSES:
+        raise VaejaxError(f"dataset {name!r} has {getattr(label, 'num_classes', '?')} classes, not 10")
+
+
+def _prepare_tfds(name: str, builder) -> None:
+    """Download and prepare `name` as array_record if TensorFlow is there; else say what to do."""
+    try:
+        import tensorflow  # noqa: F401  (TFDS needs it to write prepared data)
+    except ImportError:
+        hint = ""
+        if name == "fashion_mnist" and os.path.isdir(DEBIAN_FASHION_DIR):
+            hint = f"; or read the IDX files with --data_dir {DEBIAN_FASHION_DIR}"
+        raise VaejaxError(
+            f"TFDS dataset {name!r} is not prepared in {builder.data_dir} and preparing it needs "
+            f"TensorFlow: pip install tensorflow, then rerun (it downloads once){hint}"
+        ) from None
+    builder.download_and_prepare(file_format="array_record")
