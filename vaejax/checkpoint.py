@@ -29,6 +29,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that a crash leaves either the old file or the new one, whole."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
         with os.fdopen(fd, "wb") as tmp:
             tmp.write(data)
             tmp.flush()
@@ -42,6 +43,12 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def prepare_workdir(workdir: Path, config: Config) -> None:

@@ -157,26 +157,26 @@ def parse_idx(raw: bytes, expected_magic: int, path: Path) -> np.ndarray:
     return array
 
 
-def load_tfds(name: str) -> Dataset:
+def load_tfds(name: str, tfds_data_dir: str | None = None) -> Dataset:
     """A 28x28 grayscale TFDS dataset through `tfds.data_source` (random access, no TensorFlow).
 
-    Reads data already prepared in TFDS's data dir (`TFDS_DATA_DIR`, default ~/tensorflow_datasets).
-    Preparing a dataset needs TensorFlow and the network; we do it only when TensorFlow is present.
+    Reads data already prepared in `tfds_data_dir` (default: TFDS's own, `TFDS_DATA_DIR` or
+    ~/tensorflow_datasets). Preparing needs TensorFlow and the network: done only when TF is there.
     """
     import tensorflow_datasets as tfds
 
     try:
-        builder = tfds.builder(name)
+        builder = tfds.builder(name, data_dir=tfds_data_dir)
     except tfds.core.registered.DatasetNotFoundError:
         raise VaejaxError(f"unknown dataset {name!r}: not 'mnist' and not a TFDS dataset") from None
     _check_tfds_features(name, builder.info.features)
     splits = {}
     for split in ("train", "test"):
         try:
-            source = tfds.data_source(name, split=split, download=False)
+            source = tfds.data_source(name, split=split, data_dir=tfds_data_dir, download=False)
         except Exception:  # TFDS raises several types for "not prepared"; we diagnose it ourselves
             _prepare_tfds(name, builder)
-            source = tfds.data_source(name, split=split, download=False)
+            source = tfds.data_source(name, split=split, data_dir=tfds_data_dir, download=False)
         records = [source[index] for index in range(len(source))]
         images = np.stack([record["image"] for record in records]).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
         labels = np.array([record["label"] for record in records])
@@ -186,7 +186,8 @@ def load_tfds(name: str) -> Dataset:
 
 
 def _check_tfds_features(name: str, features) -> None:
-    image, label = features.get("image"), features.get("label")
+    image = features["image"] if "image" in features else None
+    label = features["label"] if "label" in features else None
     if image is None or label is None or tuple(image.shape) != (IMAGE_SIDE, IMAGE_SIDE, 1):
         shape = None if image is None else tuple(image.shape)
         raise VaejaxError(f"dataset {name!r} has images of shape {shape}; vaejax needs 28x28x1 grayscale")

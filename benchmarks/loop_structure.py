@@ -1,0 +1,79 @@
+"""Per-step `jit` (one dispatch per step) against `lax.scan` over the steps, same step function.
+
+    python benchmarks/loop_structure.py [--steps 40] [--repeats 3]
+
+Prints milliseconds per training step (median of repeats, compile excluded) for both seed models
+at their seed batch sizes, and the ratio scan / per-step. Measures the choice made in
+vaejax/training.py (Trainer) on the machine it runs on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from vaejax.config import MODEL_DEFAULTS
+from vaejax.data import load_bundled_mnist
+from vaejax.models import build_model
+from vaejax.training import init_state, make_train_step, seed_keys, zero_sums
+
+
+def time_call(run, repeats: int) -> float:
+    jax.block_until_ready(run())  # compile and warm up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        jax.block_until_ready(run())
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def measure(model_name: str, steps: int, repeats: int, images: jax.Array) -> tuple[float, float]:
+    settings = MODEL_DEFAULTS[model_name]
+    model = build_model(model_name, latent_dim=2)
+    optimizer = optax.adam(settings["learning_rate"])
+    keys = seed_keys(0)
+    state = init_state(model, optimizer, keys)
+    step_fn = make_train_step(model, optimizer, settings["batch_size"])
+    order = jax.random.permutation(keys.train, images.shape[0])
+
+    per_step = jax.jit(step_fn)
+
+    def run_per_step():
+        current, sums = state, zero_sums()
+        for step in range(steps):
+            current, sums = per_step(current, sums, images, order, jnp.int32(step), keys.train)
+        return sums
+
+    @jax.jit
+    def scanned(current, sums):
+        def body(carry, step):
+            return step_fn(*carry, images, order, step, keys.train), None
+        return jax.lax.scan(body, (current, sums), jnp.arange(steps, dtype=jnp.int32))[0][1]
+
+    per_step_seconds = time_call(run_per_step, repeats)
+    scan_seconds = time_call(lambda: scanned(state, zero_sums()), repeats)
+    return per_step_seconds / steps, scan_seconds / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    images = jax.device_put(load_bundled_mnist().train_images)
+    print(f"JAX {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}")
+    print(f"{'model':10s} {'batch':>5s} {'per-step jit ms':>16s} {'lax.scan ms':>12s} {'scan/per-step':>14s}")
+    for model_name in MODEL_DEFAULTS:
+        per_step, scan = measure(model_name, args.steps, args.repeats, images)
+        batch = MODEL_DEFAULTS[model_name]["batch_size"]
+        print(f"{model_name:10s} {batch:5d} {per_step * 1e3:16.2f} {scan * 1e3:12.2f} {scan / per_step:14.2f}")
+
+
+if __name__ == "__main__":
+    main()

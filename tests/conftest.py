@@ -1,0 +1,33 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    from vaejax.data import load_bundled_mnist
+
+    return load_bundled_mnist()
+
+
+@pytest.fixture(scope="session")
+def small_mnist(mnist):
+    """512 training and 300 test images of real MNIST: enough to learn, fast to train."""
+    from vaejax.data import Dataset
+
+    return Dataset("mnist", mnist.train_images[:512], mnist.train_labels[:512],
+                   mnist.test_images[:300], mnist.test_labels[:300], mnist.class_names)
+
+
+def run_cli(*args, cwd=None, env=None):
+    """Run `python train.py ARGS` in a subprocess, as a user would."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600,
+    )

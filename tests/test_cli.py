@@ -1,0 +1,62 @@
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from vaejax.cli import build_parser
+
+FLAGS = ["--model", "--dataset", "--data_dir", "--latent_dim", "--epochs", "--batch_size",
+         "--learning_rate", "--seed", "--workdir", "--resume", "--inputs_decoder",
+         "--test_image_number", "--plot_latent", "--limit", "--deterministic"]
+
+
+def test_help_documents_every_flag():
+    text = build_parser().format_help()
+    for flag in FLAGS:
+        assert flag in text
+    assert "conv_vae 20, dense_ae 10" in text  # per-model defaults from the seeds
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--latent_dim", "0"], "--latent_dim must be at least 1, got 0"),
+    (["--inputs_decoder", "50"], "--inputs_decoder must be a perfect square"),
+    (["--model", "resnet"], "unknown model 'resnet'"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--learning_rate", "nan"], "--learning_rate must be a positive finite number"),
+    (["--learning_rate", "-1"], "--learning_rate must be a positive finite number"),
+    (["--latent_dim", "two"], "argument --latent_dim: invalid int value: 'two'"),
+    (["--batch_size", "100000"], "--batch_size 100000 is larger than the 60000 training images"),
+    (["--dataset", "no_such_set"], "unknown dataset 'no_such_set'"),
+    (["--data_dir", "/no/such/folder"], "data folder /no/such/folder does not exist"),
+])
+def test_invalid_values_end_in_one_line_and_exit_code_2(tmp_path, args, message):
+    result = run_cli(*args, "--workdir", str(tmp_path / "run"), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_quick_run_writes_the_work_directory(tmp_path):
+    result = run_cli("--latent_dim", "2", "--epochs", "1", "--limit", "2048", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "backend cpu" in result.stdout and "epoch   1/1" in result.stdout
+    workdir = tmp_path / "runs" / "conv_vae-mnist-z2-s0"
+    assert json.loads((workdir / "config.json").read_text())["limit"] == 2048
+    assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 1
+    for name in ("checkpoint.msgpack", "params.msgpack"):
+        assert (workdir / name).stat().st_size > 13_000_000  # 3.35M float32 parameters
+    for name in ("reconstructions.png", "samples.png", "latent.png"):
+        assert (workdir / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_deterministic_flag_sets_xla_flags(monkeypatch):
+    from vaejax import cli
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+    cli.enable_deterministic_ops()
+    import os
+
+    assert os.environ["XLA_FLAGS"] == (
+        "--xla_force_host_platform_device_count=1 --xla_gpu_deterministic_ops=true")
+    assert Path(cli.__file__).exists()

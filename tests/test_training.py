@@ -1,0 +1,130 @@
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from vaejax import checkpoint
+from vaejax.config import Config
+from vaejax.errors import VaejaxError
+from vaejax.models import build_model, init_params
+from vaejax.training import Trainer, batch_indices, init_state, num_batches, seed_keys, train
+
+
+def quiet(_line):
+    pass
+
+
+def dense_config(tmp_path, name="run", **changes):
+    base = Config(model="dense_ae", epochs=2, batch_size=64, workdir=str(tmp_path / name))
+    return dataclasses.replace(base, **changes).resolved()
+
+
+def params_bytes(config):
+    return (Path(config.workdir) / checkpoint.PARAMS_FILE).read_bytes()
+
+
+def test_same_seed_gives_byte_identical_params(tmp_path, small_mnist):
+    first, second = dense_config(tmp_path, "a"), dense_config(tmp_path, "b")
+    train(first, small_mnist, log=quiet)
+    train(second, small_mnist, log=quiet)
+    assert params_bytes(first) == params_bytes(second)
+
+
+def test_conv_vae_same_seed_gives_byte_identical_params(tmp_path, small_mnist):
+    configs = [Config(epochs=1, limit=256, workdir=str(tmp_path / name)).resolved() for name in "ab"]
+    for config in configs:
+        train(config, small_mnist, log=quiet)
+    assert params_bytes(configs[0]) == params_bytes(configs[1])
+
+
+def test_different_seeds_give_different_params(tmp_path, small_mnist):
+    first, second = dense_config(tmp_path, "a", seed=0), dense_config(tmp_path, "b", seed=1)
+    train(first, small_mnist, log=quiet)
+    train(second, small_mnist, log=quiet)
+    assert params_bytes(first) != params_bytes(second)
+
+
+def test_interrupted_and_resumed_run_ends_byte_identical(tmp_path, small_mnist):
+    straight = dense_config(tmp_path, "straight", epochs=3)
+    train(straight, small_mnist, log=quiet)
+
+    interrupted = dense_config(tmp_path, "resumed", epochs=1)
+    train(interrupted, small_mnist, log=quiet)
+    resumed = dataclasses.replace(interrupted, epochs=3, resume=True)
+    lines = []
+    result = train(resumed, small_mnist, log=lines.append)
+
+    assert lines[0].startswith("resumed from") and "after epoch 1" in lines[0]
+    assert [record["epoch"] for record in result.history] == [1, 2, 3]
+    assert params_bytes(resumed) == params_bytes(straight)
+    straight_metrics = (Path(straight) / checkpoint.METRICS_FILE).read_text().splitlines()
+    resumed_metrics = (Path(resumed) / checkpoint.METRICS_FILE).read_text().splitlines()
+    strip_time = [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in straight_metrics]
+    assert strip_time == [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                          for line in resumed_metrics]
+
+
+def test_training_learns_and_writes_the_work_directory(tmp_path, small_mnist):
+    config = dense_config(tmp_path, epochs=4)
+    result = train(config, small_mnist, log=quiet)
+    workdir = Path(config)
+    losses = [record["test"]["loss"] for record in result.history]
+    assert losses[-1] < losses[0] - 20  # nats per image
+    saved = json.loads((workdir / checkpoint.CONFIG_FILE).read_text())
+    assert saved["model"] == "dense_ae" and saved["batch_size"] == 64 and saved["learning_rate"] == 1e-3
+    records = [json.loads(line) for line in (workdir / checkpoint.METRICS_FILE).read_text().splitlines()]
+    assert [record["epoch"] for record in records] == [1, 2, 3, 4]
+    assert all(record["config_hash"] == config.result_hash() for record in records)
+    assert set(records[0]["test"]) == {"loss", "bce", "kl", "bce_per_pixel"}
+    np.testing.assert_allclose(records[0]["test"]["bce_per_pixel"], records[0]["test"]["bce"] / 784)
+    model = build_model("dense_ae", 2)
+    template = init_params(model, jax.random.key(9))
+    loaded = checkpoint.load_params(workdir / checkpoint.PARAMS_FILE, template)
+    for got, want in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(result.params)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_last_partial_batch_is_used_and_compiled_once(small_mnist):
+    model = build_model("dense_ae", 2)
+    optimizer = optax.adam(1e-3)
+    keys = seed_keys(0)
+    trainer = Trainer(model, optimizer, 100, jax.device_put(small_mnist.train_images),
+                      jax.device_put(small_mnist.test_images), keys.eval)
+    state = init_state(model, optimizer, keys)
+    for _ in range(2):
+        state, _ = trainer.train_epoch(state)
+    assert int(state.opt_state[0].count) == 2 * num_batches(512, 100) == 12
+    assert trainer.train_step._cache_size() == 1
+    assert trainer.eval_step._cache_size() == 1
+
+
+def test_batches_cover_every_image_once():
+    order = jax.random.permutation(jax.random.key(0), 250)
+    seen, total_weight = [], 0.0
+    for step in range(num_batches(250, 64)):
+        indices, weights = batch_indices(order, jnp.int32(step), 64)
+        seen.extend(np.asarray(indices)[np.asarray(weights) > 0].tolist())
+        total_weight += float(weights.sum())
+    assert sorted(seen) == list(range(250)) and total_weight == 250
+
+
+def test_refuses_to_clobber_a_run_unless_asked(tmp_path, small_mnist):
+    config = dense_config(tmp_path, epochs=1)
+    train(config, small_mnist, log=quiet)
+    before = (Path(config) / checkpoint.CHECKPOINT_FILE).read_bytes()
+    with pytest.raises(VaejaxError, match="already holds a run: pass --resume"):
+        train(config, small_mnist, log=quiet)
+    assert (Path(config) / checkpoint.CHECKPOINT_FILE).read_bytes() == before
+    with pytest.raises(VaejaxError, match="trained with different learning_rate"):
+        train(dataclasses.replace(config, resume=True, learning_rate=0.5), small_mnist, log=quiet)
+    train(dataclasses.replace(config, overwrite=True), small_mnist, log=quiet)
+
+
+def test_batch_larger_than_the_data_is_refused(tmp_path, small_mnist):
+    with pytest.raises(VaejaxError, match="--batch_size 600 is larger than the 512 training images"):
+        train(dense_config(tmp_path, batch_size=600), small_mnist, log=quiet)
