@@ -3,8 +3,8 @@
     python benchmarks/loop_structure.py [--steps 40] [--repeats 3]
 
 Prints milliseconds per training step (median of repeats, compile excluded) for both seed models
-at their seed batch sizes, and the ratio scan / per-step. Measures the choice made in
-vaejax/training.py (Trainer) on the machine it runs on.
+at their seed batch sizes, and the ratio scan / per-step: the numbers behind
+vaejax.training.MEASURED_FASTER_LOOP (what `--loop auto` picks), on the machine it runs on.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import optax
 from vaejax.config import MODEL_DEFAULTS
 from vaejax.data import load_bundled_mnist
 from vaejax.models import build_model
-from vaejax.training import init_state, make_train_step, seed_keys, zero_sums
+from vaejax.training import init_state, make_epoch_scan, make_train_step, seed_keys, zero_sums
 
 
 def time_call(run, repeats: int) -> float:
@@ -50,14 +50,10 @@ def measure(model_name: str, steps: int, repeats: int, images: jax.Array) -> tup
             current, sums = per_step(current, sums, images, order, jnp.int32(step), keys.train)
         return sums
 
-    @jax.jit
-    def scanned(current, sums):
-        def body(carry, step):
-            return step_fn(*carry, images, order, step, keys.train), None
-        return jax.lax.scan(body, (current, sums), jnp.arange(steps, dtype=jnp.int32))[0][1]
+    scanned = jax.jit(make_epoch_scan(step_fn, steps))
 
     per_step_seconds = time_call(run_per_step, repeats)
-    scan_seconds = time_call(lambda: scanned(state, zero_sums()), repeats)
+    scan_seconds = time_call(lambda: scanned(state, zero_sums(), images, order, keys.train)[1], repeats)
     return per_step_seconds / steps, scan_seconds / steps
 
 

@@ -30,7 +30,7 @@ def test_state_round_trips_exactly(tmp_path):
     restored = checkpoint.restore_state(tmp_path, config, make_state(seed=4))
     assert int(restored.epoch) == 7
     np.testing.assert_array_equal(jax.random.key_data(restored.rng), jax.random.key_data(state.rng))
-    for got, want in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(state)):
+    for got, want in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(state), strict=True):
         if not jax.dtypes.issubdtype(want.dtype, jax.dtypes.prng_key):
             np.testing.assert_array_equal(got, want)
 

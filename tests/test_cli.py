@@ -8,7 +8,7 @@ from vaejax.cli import build_parser
 
 FLAGS = ["--model", "--dataset", "--data_dir", "--latent_dim", "--epochs", "--batch_size",
          "--learning_rate", "--seed", "--workdir", "--resume", "--inputs_decoder",
-         "--test_image_number", "--plot_latent", "--limit", "--deterministic"]
+         "--test_image_number", "--plot_latent", "--limit", "--deterministic", "--loop", "--overwrite"]
 
 
 def test_help_documents_every_flag():
@@ -29,6 +29,8 @@ def test_help_documents_every_flag():
     (["--batch_size", "100000"], "--batch_size 100000 is larger than the 60000 training images"),
     (["--dataset", "no_such_set"], "unknown dataset 'no_such_set'"),
     (["--data_dir", "/no/such/folder"], "data folder /no/such/folder does not exist"),
+    (["--loop", "fast"], "--loop must be one of auto, step, scan, got 'fast'"),
+    (["--limit", "0"], "--limit must be at least 1"),
 ])
 def test_invalid_values_end_in_one_line_and_exit_code_2(tmp_path, args, message):
     result = run_cli(*args, "--workdir", str(tmp_path / "run"), cwd=tmp_path)

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from vaejax.data import (
-    DIGIT_NAMES, FASHION_NAMES, IDX_FILES, MNIST_MD5, load_dataset, load_idx_dir, load_tfds,
+    DIGIT_NAMES,
+    FASHION_NAMES,
+    IDX_FILES,
+    MNIST_MD5,
+    load_dataset,
+    load_idx_dir,
+    load_tfds,
 )
 from vaejax.errors import VaejaxError
 

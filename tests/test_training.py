@@ -62,8 +62,8 @@ def test_interrupted_and_resumed_run_ends_byte_identical(tmp_path, small_mnist):
     assert lines[0].startswith("resumed from") and "after epoch 1" in lines[0]
     assert [record["epoch"] for record in result.history] == [1, 2, 3]
     assert params_bytes(resumed) == params_bytes(straight)
-    straight_metrics = (Path(straight) / checkpoint.METRICS_FILE).read_text().splitlines()
-    resumed_metrics = (Path(resumed) / checkpoint.METRICS_FILE).read_text().splitlines()
+    straight_metrics = (Path(straight.workdir) / checkpoint.METRICS_FILE).read_text().splitlines()
+    resumed_metrics = (Path(resumed.workdir) / checkpoint.METRICS_FILE).read_text().splitlines()
     strip_time = [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in straight_metrics]
     assert strip_time == [{k: v for k, v in json.loads(line).items() if k != "seconds"}
                           for line in resumed_metrics]
@@ -72,7 +72,7 @@ def test_interrupted_and_resumed_run_ends_byte_identical(tmp_path, small_mnist):
 def test_training_learns_and_writes_the_work_directory(tmp_path, small_mnist):
     config = dense_config(tmp_path, epochs=4)
     result = train(config, small_mnist, log=quiet)
-    workdir = Path(config)
+    workdir = Path(config.workdir)
     losses = [record["test"]["loss"] for record in result.history]
     assert losses[-1] < losses[0] - 20  # nats per image
     saved = json.loads((workdir / checkpoint.CONFIG_FILE).read_text())
@@ -85,7 +85,7 @@ def test_training_learns_and_writes_the_work_directory(tmp_path, small_mnist):
     model = build_model("dense_ae", 2)
     template = init_params(model, jax.random.key(9))
     loaded = checkpoint.load_params(workdir / checkpoint.PARAMS_FILE, template)
-    for got, want in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(result.params)):
+    for got, want in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(result.params), strict=True):
         np.testing.assert_array_equal(got, want)
 
 
@@ -98,9 +98,19 @@ def test_last_partial_batch_is_used_and_compiled_once(small_mnist):
     state = init_state(model, optimizer, keys)
     for _ in range(2):
         state, _ = trainer.train_epoch(state)
+        trainer.evaluate(state.params)  # 300 test images: one padded batch of 1000
     assert int(state.opt_state[0].count) == 2 * num_batches(512, 100) == 12
     assert trainer.train_step._cache_size() == 1
     assert trainer.eval_step._cache_size() == 1
+
+
+def test_scan_loop_trains_the_same_function(tmp_path, small_mnist):
+    step, scan = dense_config(tmp_path, "step", loop="step"), dense_config(tmp_path, "scan", loop="scan")
+    step_history = train(step, small_mnist, log=quiet).history
+    scan_history = train(scan, small_mnist, log=quiet).history
+    for by_step, by_scan in zip(step_history, scan_history, strict=True):
+        np.testing.assert_allclose(by_scan["train"]["loss"], by_step["train"]["loss"], rtol=1e-5)
+        np.testing.assert_allclose(by_scan["test"]["loss"], by_step["test"]["loss"], rtol=1e-5)
 
 
 def test_batches_cover_every_image_once():
@@ -116,10 +126,10 @@ def test_batches_cover_every_image_once():
 def test_refuses_to_clobber_a_run_unless_asked(tmp_path, small_mnist):
     config = dense_config(tmp_path, epochs=1)
     train(config, small_mnist, log=quiet)
-    before = (Path(config) / checkpoint.CHECKPOINT_FILE).read_bytes()
+    before = (Path(config.workdir) / checkpoint.CHECKPOINT_FILE).read_bytes()
     with pytest.raises(VaejaxError, match="already holds a run: pass --resume"):
         train(config, small_mnist, log=quiet)
-    assert (Path(config) / checkpoint.CHECKPOINT_FILE).read_bytes() == before
+    assert (Path(config.workdir) / checkpoint.CHECKPOINT_FILE).read_bytes() == before
     with pytest.raises(VaejaxError, match="trained with different learning_rate"):
         train(dataclasses.replace(config, resume=True, learning_rate=0.5), small_mnist, log=quiet)
     train(dataclasses.replace(config, overwrite=True), small_mnist, log=quiet)

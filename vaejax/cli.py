@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--plot_latent", action=argparse.BooleanOptionalAction, default=None,
         help="draw the latent scatter and grid (default: on when latent_dim is 2)")
     add("--limit", type=int, default=None, help="use only the first N training images (quick runs)")
+    add("--loop", default="auto",
+        help="step: one compiled call per step; scan: one per epoch; auto: the one measured faster")
     add("--deterministic", action="store_true",
         help=f"GPU: set XLA_FLAGS={DETERMINISTIC_XLA_FLAG} before JAX starts (bitwise repeatable runs)")
     return parser

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from vaejax.errors import VaejaxError
 
 MODELS = ("conv_vae", "dense_ae")
+LOOPS = ("auto", "step", "scan")
 
 # The seeds' settings: seed 000 (TF1 conv VAE) and seed 003 (Keras dense AE, Keras' default batch).
 MODEL_DEFAULTS = {
@@ -22,7 +23,7 @@ MODEL_DEFAULTS = {
 # out on purpose: resuming with a larger --epochs continues the same run.
 RESULT_FIELDS = (
     "model", "dataset", "data_dir", "latent_dim", "inputs_decoder", "batch_size",
-    "learning_rate", "seed", "limit",
+    "learning_rate", "seed", "limit", "loop",
 )
 
 
@@ -46,6 +47,7 @@ class Config:
     test_image_number: int = 5
     plot_latent: bool | None = None
     deterministic: bool = False
+    loop: str = "auto"
 
     def resolved(self) -> Config:
         """Fill model defaults and the default work directory, then validate."""
@@ -83,6 +85,7 @@ class Config:
             f"--test_image_number must be at least 1, got {self.test_image_number}",
         )
         _require(not (self.resume and self.overwrite), "--resume and --overwrite exclude each other")
+        _require(self.loop in LOOPS, f"--loop must be one of {', '.join(LOOPS)}, got {self.loop!r}")
 
     def result_dict(self) -> dict:
         """The options that determine the trained parameters."""
