@@ -5,9 +5,11 @@ Checkpoints are msgpack (flax.serialization): loading one decodes plain arrays a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -20,27 +22,56 @@ from vaejax.errors import VaejaxError
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.msgpack"
+PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.msgpack"
 PARAMS_FILE = "params.msgpack"
 FORMAT_VERSION = 1
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, PARAMS_FILE)
+PAYLOAD_KEYS = {"model", "latent_dim", "config_hash", "history", "state"}
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, PARAMS_FILE)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a crash leaves either the old file or the new one, whole."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def atomic_write(path: Path, data: bytes, verify: Callable[[Path], object] | None = None,
+                 keep_previous: Path | None = None) -> None:
+    """Write `data` to `path` so that a crash leaves either the old file or the new one, whole.
+
+    The bytes go to a temporary file in the same folder, are fsynced, checked by `verify` (reading
+    the temporary file back) and only then renamed over `path`. With `keep_previous`, the old file
+    stays there (hard-linked) as a second copy. A failed write (disk full...) leaves `path` as it was.
+    """
+    tmp_path = None
     try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp_path = Path(tmp_name)
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
         with os.fdopen(fd, "wb") as tmp:
             tmp.write(data)
             tmp.flush()
             os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+        if verify is not None:
+            verify(tmp_path)
+        if keep_previous is not None and path.exists():
+            _replace_with_link(path, keep_previous)
+        os.replace(tmp_path, path)
+        tmp_path = None
+        _fsync_dir(path.parent)  # make the renames themselves durable
+    except OSError as error:
+        raise VaejaxError(f"cannot write {path}: {error.strerror or error}; the previous file is kept") from None
+    finally:
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
+
+
+def _replace_with_link(source: Path, target: Path) -> None:
+    """Make `target` another name of `source`, atomically replacing what `target` was."""
+    link = target.with_name(f".{target.name}.link")
+    link.unlink(missing_ok=True)
+    os.link(source, link)
+    os.replace(link, target)
+
+
+def _fsync_dir(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)  # make the rename itself durable
+        os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
 
@@ -52,21 +83,23 @@ def _umask() -> int:
 
 
 def prepare_workdir(workdir: Path, config: Config) -> None:
-    """Create the work directory, refusing to clobber another run, and write config.json."""
+    """Create the work directory, refusing to clobber another run, and write config.json.
+
+    `--resume` continues the run there, or starts it when it has no checkpoint yet (so a job can
+    always be launched with --resume); its configuration must be the same.
+    """
     try:
         workdir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise VaejaxError(f"cannot create work directory {workdir}: {error.strerror}") from None
-    if not os.access(workdir, os.W_OK):
-        raise VaejaxError(f"work directory {workdir} is not writable")
+        raise VaejaxError(f"cannot create work directory {workdir}: {error.strerror or error}") from None
+    _check_writable(workdir)
     config_path = workdir / CONFIG_FILE
     if config.resume:
-        if not (workdir / CHECKPOINT_FILE).is_file():
-            raise VaejaxError(f"--resume: no {CHECKPOINT_FILE} in {workdir}")
-        saved = _read_config(config_path)
-        if saved != config.result_dict():
-            changed = sorted(k for k in config.result_dict() if saved.get(k) != config.result_dict()[k])
-            raise VaejaxError(f"--resume: {workdir} was trained with different {', '.join(changed)}")
+        if config_path.exists():
+            saved = _read_config(config_path)
+            changed = sorted(name for name, value in config.result_dict().items() if saved.get(name) != value)
+            if changed:
+                raise VaejaxError(f"--resume: {workdir} holds a run with different {', '.join(changed)}")
     elif config.overwrite:
         for name in RUN_FILES:
             (workdir / name).unlink(missing_ok=True)
@@ -78,45 +111,96 @@ def prepare_workdir(workdir: Path, config: Config) -> None:
     atomic_write(config_path, config.to_json().encode())
 
 
+def _check_writable(workdir: Path) -> None:
+    """Try to create a file: permission bits alone say nothing for root or read-only mounts."""
+    try:
+        with tempfile.TemporaryFile(dir=workdir):
+            pass
+    except OSError as error:
+        raise VaejaxError(f"work directory {workdir} is not writable ({error.strerror or error})") from None
+
+
 def _read_config(path: Path) -> dict:
     try:
         saved = json.loads(path.read_text())
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
     except (OSError, ValueError) as error:
         raise VaejaxError(f"{path}: unreadable run configuration ({error})") from None
     return {name: saved.get(name) for name in Config().result_dict()}
 
 
-def save_state(workdir: Path, config: Config, state) -> None:
-    """The full training state after an epoch, with what identifies the run it belongs to."""
-    payload = {
-        "format_version": FORMAT_VERSION,
+def encode_checkpoint(config: Config, state, history: list[dict]) -> bytes:
+    """The training state and the metrics so far, wrapped with a format version and a SHA-256."""
+    body = serialization.msgpack_serialize({
         "config_hash": config.result_hash(),
         "model": config.model,
         "latent_dim": config.latent_dim,
+        "history": json.dumps(history),
         "state": _state_dict(state),
-    }
-    atomic_write(workdir / CHECKPOINT_FILE, serialization.msgpack_serialize(payload))
+    })
+    return serialization.msgpack_serialize({
+        "format_version": FORMAT_VERSION, "sha256": hashlib.sha256(body).hexdigest(), "body": body,
+    })
 
 
-def restore_state(workdir: Path, config: Config, template):
-    """Load the checkpoint into the structure of `template`, refusing one from another run."""
-    path = workdir / CHECKPOINT_FILE
-    payload = _load_msgpack(path)
-    if not isinstance(payload, dict) or "state" not in payload:
+def decode_checkpoint(path: Path) -> dict:
+    """Read and verify a checkpoint file; any damage ends in a VaejaxError naming the file."""
+    envelope = _load_msgpack(path)
+    if not isinstance(envelope, dict) or not {"format_version", "sha256", "body"} <= envelope.keys():
         raise VaejaxError(f"{path}: not a vaejax checkpoint")
-    version = payload.get("format_version")
+    version = envelope["format_version"]
     if version != FORMAT_VERSION:
-        raise VaejaxError(f"{path}: checkpoint format {version}, this vaejax reads {FORMAT_VERSION}")
-    if (payload.get("model"), payload.get("latent_dim")) != (config.model, config.latent_dim):
+        raise VaejaxError(f"{path}: checkpoint format {version}, this vaejax reads format {FORMAT_VERSION}")
+    body = envelope["body"]
+    if not isinstance(body, bytes) or hashlib.sha256(body).hexdigest() != envelope["sha256"]:
+        raise VaejaxError(f"{path}: checksum mismatch, the checkpoint is corrupt")
+    payload = _restore_msgpack(path, body)
+    if not isinstance(payload, dict) or not PAYLOAD_KEYS <= payload.keys():
+        raise VaejaxError(f"{path}: not a vaejax checkpoint")
+    return payload
+
+
+def save_state(workdir: Path, config: Config, state, history: list[dict]) -> None:
+    """Checkpoint atomically, verified, keeping the previous one as checkpoint.prev.msgpack."""
+    atomic_write(workdir / CHECKPOINT_FILE, encode_checkpoint(config, state, history),
+                 verify=decode_checkpoint, keep_previous=workdir / PREVIOUS_CHECKPOINT_FILE)
+
+
+def restore_state(workdir: Path, config: Config, template, log: Callable[[str], None] = print):
+    """(state, metrics history) from the work directory's checkpoint, or (template, []) if it has none.
+
+    A damaged checkpoint.msgpack falls back to checkpoint.prev.msgpack, saying so; a checkpoint of
+    another run is refused.
+    """
+    path, previous = workdir / CHECKPOINT_FILE, workdir / PREVIOUS_CHECKPOINT_FILE
+    if not path.exists() and not previous.exists():
+        return template, []
+    try:
+        payload = decode_checkpoint(path)
+    except VaejaxError as error:
+        if not previous.exists():
+            raise
+        log(f"warning: {error}; using {previous.name}")
+        path, payload = previous, decode_checkpoint(previous)
+    if (payload["model"], payload["latent_dim"]) != (config.model, config.latent_dim):
         raise VaejaxError(
-            f"{path}: checkpoint of {payload.get('model')} with latent_dim {payload.get('latent_dim')}, "
+            f"{path}: checkpoint of {payload['model']} with latent_dim {payload['latent_dim']}, "
             f"this run is {config.model} with latent_dim {config.latent_dim}"
         )
-    if payload.get("config_hash") != config.result_hash():
+    if payload["config_hash"] != config.result_hash():
         raise VaejaxError(f"{path}: checkpoint belongs to a run with a different configuration")
     _check_same_shapes(path, _state_dict(template), payload["state"])
+    try:
+        history = json.loads(payload["history"])
+    except (TypeError, ValueError):
+        history = None
+    if not (isinstance(history, list) and all(isinstance(record, dict) for record in history)):
+        raise VaejaxError(f"{path}: unreadable metrics history")
     restored = serialization.from_state_dict(template, payload["state"])
-    return restored.replace(rng=jax.random.wrap_key_data(restored.rng))
+    state = restored.replace(rng=jax.random.wrap_key_data(restored.rng))
+    log(f"resumed from {path} at epoch {int(state.epoch)}, step {int(state.step)}")
+    return state, history
 
 
 def _state_dict(state) -> dict:
@@ -125,12 +209,16 @@ def _state_dict(state) -> dict:
 
 
 def _check_same_shapes(path: Path, expected, found) -> None:
+    """Refuse unless `found` has the tree structure, shapes and dtypes of `expected`."""
+
+    def signature(tree):
+        return jax.tree_util.tree_map(lambda leaf: (np.shape(leaf), np.asarray(leaf).dtype), tree)
+
     try:
-        expected_shapes = jax.tree_util.tree_map(np.shape, expected)
-        found_shapes = jax.tree_util.tree_map(np.shape, found)
+        same = signature(expected) == signature(found)
     except Exception:  # a malformed tree: report it as such
-        raise VaejaxError(f"{path}: malformed checkpoint") from None
-    if expected_shapes != found_shapes:
+        same = False
+    if not same:
         raise VaejaxError(f"{path}: parameter shapes do not match this model")
 
 
@@ -138,11 +226,15 @@ def _load_msgpack(path: Path):
     try:
         data = path.read_bytes()
     except OSError as error:
-        raise VaejaxError(f"{path}: cannot read ({error.strerror})") from None
+        raise VaejaxError(f"{path}: cannot read ({error.strerror or error})") from None
+    return _restore_msgpack(path, data)
+
+
+def _restore_msgpack(path: Path, data: bytes):
     try:
         return serialization.msgpack_restore(data)
     except Exception:  # msgpack raises many types for corrupt input
-        raise VaejaxError(f"{path}: corrupt or truncated checkpoint") from None
+        raise VaejaxError(f"{path}: corrupt or truncated file") from None
 
 
 def save_params(workdir: Path, params) -> None:
@@ -156,20 +248,7 @@ def load_params(path: Path, template):
     return serialization.from_state_dict(template, params)
 
 
-def read_metrics(workdir: Path, upto_epoch: int) -> list[dict]:
-    """The metrics records of epochs 1..upto_epoch (later ones belong to an epoch never checkpointed)."""
-    path = workdir / METRICS_FILE
-    if not path.is_file():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [record for record in records if record["epoch"] <= upto_epoch]
-
-
 def write_metrics(workdir: Path, records: list[dict]) -> None:
+    """metrics.jsonl, rewritten whole from the checkpoint's history (so it never runs ahead of it)."""
     text = "".join(json.dumps(record, sort_keys=True) + "\n" for record in records)
     atomic_write(workdir / METRICS_FILE, text.encode())
-
-
-def append_metric(workdir: Path, record: dict) -> None:
-    with open(workdir / METRICS_FILE, "a") as metrics:
-        metrics.write(json.dumps(record, sort_keys=True) + "\n")

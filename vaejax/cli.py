@@ -74,8 +74,12 @@ def main(argv: list[str] | None = None) -> int:
             enable_deterministic_ops()
         return run(config)
     except VaejaxError as error:
-        print(f"train.py: error: {error}", file=sys.stderr)
-        return 2
+        kind = "error: " if error.exit_code == 2 else ""  # an interrupt is no error
+        print(f"train.py: {kind}{error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
+        print("train.py: aborted; the last checkpoint is untouched", file=sys.stderr)
+        return 130
 
 
 def run(config: Config) -> int:

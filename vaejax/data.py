@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import zlib
 from dataclasses import dataclass
@@ -146,7 +147,7 @@ def parse_idx(raw: bytes, expected_magic: int, path: Path) -> np.ndarray:
         raise VaejaxError(f"{path}: images are {dims[1]}x{dims[2]}, expected 28x28")
     if dims[0] == 0:
         raise VaejaxError(f"{path}: header says it holds no examples")
-    expected_size = header_size + int(np.prod(dims))
+    expected_size = header_size + math.prod(dims)  # exact: the header may claim absurd sizes
     if len(raw) != expected_size:
         raise VaejaxError(
             f"{path}: {len(raw)} bytes but the header ({dims[0]} examples) needs {expected_size}"

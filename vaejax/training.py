@@ -1,12 +1,14 @@
 """Train state, the compiled train and eval steps, and the epoch loop.
 
 Randomness: one seed gives a root key, split once into the init key, the training stream (stored
-in the state and split each epoch into a shuffle key and a step key folded with the step index),
-the fixed evaluation key, and the fixed key for figure samples.
+in the state; each epoch's key splits into the next epoch's key, a shuffle key, and a step key
+folded with the step index), the fixed evaluation key, and the fixed key for figure samples.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from flax import struct
 from vaejax import checkpoint
 from vaejax.config import Config
 from vaejax.data import IMAGE_PIXELS, Dataset, load_dataset
-from vaejax.errors import VaejaxError
+from vaejax.errors import TrainingInterrupted, VaejaxError
 from vaejax.losses import loss_terms
 from vaejax.models import AutoEncoder, build_model, init_params
 
@@ -31,12 +33,14 @@ METRIC_NAMES = ("loss", "bce", "kl")
 
 @struct.dataclass
 class TrainState:
-    """Everything a resumed run needs: params, optimizer state, the training key, epochs done."""
+    """Everything a resumed run needs, at an epoch boundary or in the middle of an epoch."""
 
     params: dict
     opt_state: optax.OptState
-    rng: jax.Array
-    epoch: jax.Array
+    rng: jax.Array  # this epoch's key (split into shuffle and step keys); advanced when the epoch ends
+    epoch: jax.Array  # epochs completed
+    step: jax.Array  # steps completed in the current epoch
+    sums: dict  # the current epoch's metric sums so far
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,14 @@ def seed_keys(seed: int) -> SeedKeys:
 
 def init_state(model: AutoEncoder, optimizer: optax.GradientTransformation, keys: SeedKeys) -> TrainState:
     params = init_params(model, keys.init)
-    return TrainState(params, optimizer.init(params), keys.train, jnp.zeros((), jnp.int32))
+    # The state is donated to the train step: give it its own copy of the key.
+    return TrainState(params, optimizer.init(params), jnp.copy(keys.train), jnp.int32(0), jnp.int32(0), zero_sums())
+
+
+def epoch_keys(rng: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(next epoch's key, this epoch's shuffle key, this epoch's step key)."""
+    next_rng, shuffle_key, step_root = jax.random.split(rng, 3)
+    return next_rng, shuffle_key, step_root
 
 
 def images_to_float(images_uint8: jax.Array) -> jax.Array:
@@ -77,28 +88,33 @@ def batch_loss(model: AutoEncoder, params, images_uint8, weights, key) -> tuple[
     return terms["loss"], terms
 
 
-def weighted_sums(terms: dict, weights: jax.Array) -> dict:
-    """Batch means back to sums, so epoch means weigh every image once."""
-    count = weights.sum()
-    return {name: terms[name] * count for name in METRIC_NAMES} | {"count": count}
-
-
-def add_sums(total: dict, batch: dict) -> dict:
-    return jax.tree_util.tree_map(jnp.add, total, batch)
+NO_STEP = np.iinfo(np.int32).max
 
 
 def zero_sums() -> dict:
-    return {name: jnp.zeros((), jnp.float32) for name in (*METRIC_NAMES, "count")}
+    sums = {name: jnp.zeros((), jnp.float32) for name in (*METRIC_NAMES, "count")}
+    return sums | {"first_nonfinite_step": jnp.int32(NO_STEP)}
+
+
+def accumulate(sums: dict, terms: dict, weights: jax.Array, step: jax.Array) -> dict:
+    """Add a batch's means back as sums (so epoch means weigh every image once); note the first
+    step whose loss is not finite, so the host learns of it without a sync per step."""
+    count = weights.sum()
+    added = {name: sums[name] + terms[name] * count for name in METRIC_NAMES}
+    nonfinite = ~jnp.isfinite(terms["loss"])
+    first = jnp.where(nonfinite, jnp.minimum(sums["first_nonfinite_step"], step), sums["first_nonfinite_step"])
+    return added | {"count": sums["count"] + count, "first_nonfinite_step": first}
 
 
 def make_train_step(model: AutoEncoder, optimizer: optax.GradientTransformation, batch_size: int):
-    """The pure (state, sums, images, order, step, key) -> (state, sums) training step.
+    """The pure (state, images, order, step_key) -> state training step; it runs step `state.step`.
 
     The batch is gathered on device from the uint8 training set by the shuffled `order`, so nothing
     crosses to the host per step.
     """
 
-    def train_step(state: TrainState, sums: dict, train_images, order, step, step_root):
+    def train_step(state: TrainState, train_images, order, step_root) -> TrainState:
+        step = state.step
         indices, weights = batch_indices(order, step, batch_size)
         key = jax.random.fold_in(step_root, step)
         grads, terms = jax.grad(
@@ -106,9 +122,10 @@ def make_train_step(model: AutoEncoder, optimizer: optax.GradientTransformation,
             has_aux=True,
         )(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        state = state.replace(params=params, opt_state=opt_state)
-        return state, add_sums(sums, weighted_sums(terms, weights))
+        return state.replace(
+            params=optax.apply_updates(state.params, updates), opt_state=opt_state,
+            step=step + 1, sums=accumulate(state.sums, terms, weights, step),
+        )
 
     return train_step
 
@@ -116,11 +133,11 @@ def make_train_step(model: AutoEncoder, optimizer: optax.GradientTransformation,
 def make_epoch_scan(train_step, steps: int):
     """The same step `steps` times inside one compiled `lax.scan`: one dispatch per epoch."""
 
-    def train_epoch(state: TrainState, sums: dict, train_images, order, step_root):
-        def body(carry, step):
-            return train_step(*carry, train_images, order, step, step_root), None
+    def train_epoch(state: TrainState, train_images, order, step_root) -> TrainState:
+        def body(carry, _):
+            return train_step(carry, train_images, order, step_root), None
 
-        return jax.lax.scan(body, (state, sums), jnp.arange(steps, dtype=jnp.int32))[0]
+        return jax.lax.scan(body, state, length=steps)[0]
 
     return train_epoch
 
@@ -147,7 +164,7 @@ def make_eval_step(model: AutoEncoder):
         indices, weights = batch_indices(order, batch, EVAL_BATCH_SIZE)
         key = jax.random.fold_in(eval_key, batch)
         _, terms = batch_loss(model, params, test_images[indices], weights, key)
-        return add_sums(sums, weighted_sums(terms, weights))
+        return accumulate(sums, terms, weights, batch)
 
     return jax.jit(eval_step, donate_argnums=(1,))
 
@@ -158,6 +175,11 @@ def epoch_means(sums: dict) -> dict[str, float]:
     means = {name: float(host[name] / host["count"]) for name in METRIC_NAMES}
     means["bce_per_pixel"] = means["bce"] / IMAGE_PIXELS
     return means
+
+
+def first_nonfinite_step(sums: dict) -> int | None:
+    step = int(sums["first_nonfinite_step"])
+    return None if step == NO_STEP else step
 
 
 def num_batches(count: int, batch_size: int) -> int:
@@ -179,23 +201,23 @@ class Trainer:
     def __post_init__(self):
         self.steps = num_batches(self.train_images.shape[0], self.batch_size)
         step = make_train_step(self.model, self.optimizer, self.batch_size)
-        # State and running sums are donated: updated in place, never copied.
-        self.train_step = jax.jit(step, donate_argnums=(0, 1))
-        self.train_scan = jax.jit(make_epoch_scan(step, self.steps), donate_argnums=(0, 1))
+        # The state is donated: updated in place, never copied.
+        self.train_step = jax.jit(step, donate_argnums=(0,))
+        self.train_scan = jax.jit(make_epoch_scan(step, self.steps), donate_argnums=(0,))
         self.eval_step = make_eval_step(self.model)
 
-    def train_epoch(self, state: TrainState) -> tuple[TrainState, dict[str, float]]:
-        rng, shuffle_key, step_root = jax.random.split(state.rng, 3)
-        # Swap in the next key before the state is donated (the old key may be shared, e.g. SeedKeys).
-        state = state.replace(rng=rng, epoch=state.epoch + 1)
+    def train_epoch(self, state: TrainState, stop_requested: Callable[[], bool] = lambda: False) -> TrainState:
+        """Run the rest of the current epoch, or until `stop_requested()` turns true after a step."""
+        _, shuffle_key, step_root = epoch_keys(state.rng)
         order = jax.random.permutation(shuffle_key, self.train_images.shape[0])
-        sums = zero_sums()
-        if self.loop == "scan":
-            state, sums = self.train_scan(state, sums, self.train_images, order, step_root)
-        else:
-            for step in range(self.steps):
-                state, sums = self.train_step(state, sums, self.train_images, order, jnp.int32(step), step_root)
-        return state, epoch_means(sums)
+        done = int(state.step)
+        if self.loop == "scan" and done == 0:
+            return self.train_scan(state, self.train_images, order, step_root)
+        for _ in range(done, self.steps):  # also finishes a scan epoch that was resumed mid-way
+            state = self.train_step(state, self.train_images, order, step_root)
+            if stop_requested():
+                break
+        return state
 
     def evaluate(self, params) -> dict[str, float]:
         sums = zero_sums()
@@ -222,8 +244,40 @@ class TrainResult:
     workdir: Path
 
 
+class StopSignal:
+    """Turns SIGINT/SIGTERM into a request to stop after the current step (a second one aborts)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.previous = {}
+
+    def __enter__(self) -> StopSignal:
+        if threading.current_thread() is threading.main_thread():  # only there can handlers be set
+            self.previous = {signum: signal.signal(signum, self.handle) for signum in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def handle(self, signum: int, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+
 def train(config: Config, dataset: Dataset | None = None, log: Callable[[str], None] = print) -> TrainResult:
-    """Run (or resume) training as `config` says, writing the work directory as it goes."""
+    """Run (or resume) training as `config` says, writing the work directory as it goes.
+
+    A checkpoint is written after every epoch, and after the current step when SIGINT/SIGTERM
+    arrives (then TrainingInterrupted is raised). A non-finite loss stops the run before its epoch
+    is checkpointed, so the last good checkpoint stays.
+    """
     workdir = Path(config.workdir)
     checkpoint.prepare_workdir(workdir, config)
     if dataset is None:
@@ -237,35 +291,49 @@ def train(config: Config, dataset: Dataset | None = None, log: Callable[[str], N
     model = build_model(config.model, config.latent_dim, config.inputs_decoder)
     optimizer = optax.adam(config.learning_rate)
     keys = seed_keys(config.seed)
-    state = init_state(model, optimizer, keys)
+    state, history = init_state(model, optimizer, keys), []
     if config.resume:
-        state = checkpoint.restore_state(workdir, config, state)
+        state, history = checkpoint.restore_state(workdir, config, state, log)
+    checkpoint.write_metrics(workdir, history)
     trainer = Trainer(
         model, optimizer, config.batch_size,
         jax.device_put(dataset.train_images), jax.device_put(dataset.test_images), keys.eval,
         loop=choose_loop(config.loop, config.model, jax.default_backend()),
     )
 
-    start_epoch = int(state.epoch)
-    history = checkpoint.read_metrics(workdir, upto_epoch=start_epoch)
-    checkpoint.write_metrics(workdir, history)
-    if start_epoch:
-        log(f"resumed from {workdir / checkpoint.CHECKPOINT_FILE} after epoch {start_epoch}")
-    for epoch in range(start_epoch + 1, config.epochs + 1):
-        started = time.perf_counter()
-        state, train_metrics = trainer.train_epoch(state)
-        test_metrics = trainer.evaluate(state.params)
-        seconds = time.perf_counter() - started
-        if not np.isfinite(train_metrics["loss"]):
-            raise VaejaxError(f"training diverged in epoch {epoch}: train loss {train_metrics['loss']}")
-        checkpoint.save_state(workdir, config, state)
-        record = {
-            "epoch": epoch, "train": train_metrics, "test": test_metrics,
-            "seconds": round(seconds, 3), "config_hash": config.result_hash(),
-        }
-        history.append(record)
-        checkpoint.append_metric(workdir, record)
-        log(format_epoch(epoch, config.epochs, train_metrics, test_metrics, seconds, model.variational))
+    with StopSignal() as stop:
+        while int(state.epoch) < config.epochs:
+            epoch = int(state.epoch) + 1
+            started = time.perf_counter()
+            state = trainer.train_epoch(state, stop)
+            bad_step = first_nonfinite_step(state.sums)
+            if bad_step is not None:
+                raise VaejaxError(
+                    f"loss became non-finite in epoch {epoch} at step {bad_step + 1} of {trainer.steps}; "
+                    f"stopped, the last good checkpoint (epoch {epoch - 1}) is kept"
+                )
+            if int(state.step) < trainer.steps:
+                checkpoint.save_state(workdir, config, state, history)
+                raise TrainingInterrupted(
+                    f"interrupted in epoch {epoch} after step {int(state.step)} of {trainer.steps}; "
+                    f"checkpoint written, continue with --resume", stop.signum,
+                )
+            train_metrics = epoch_means(state.sums)
+            test_metrics = trainer.evaluate(state.params)
+            next_rng, _, _ = epoch_keys(state.rng)
+            state = state.replace(rng=next_rng, epoch=state.epoch + 1, step=jnp.int32(0), sums=zero_sums())
+            seconds = time.perf_counter() - started
+            history.append({
+                "epoch": epoch, "train": train_metrics, "test": test_metrics,
+                "seconds": round(seconds, 3), "config_hash": config.result_hash(),
+            })
+            checkpoint.save_state(workdir, config, state, history)
+            checkpoint.write_metrics(workdir, history)
+            log(format_epoch(epoch, config.epochs, train_metrics, test_metrics, seconds, model.variational))
+            if stop():  # a scan epoch cannot stop mid-way: it stops here, checkpointed
+                raise TrainingInterrupted(
+                    f"interrupted after epoch {epoch}; checkpoint written, continue with --resume", stop.signum,
+                )
 
     checkpoint.save_params(workdir, state.params)
     return TrainResult(config, model, state.params, dataset, history, workdir)
