@@ -14,13 +14,12 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from vaejax.config import MODEL_DEFAULTS
 from vaejax.data import load_bundled_mnist
 from vaejax.models import build_model
-from vaejax.training import init_state, make_epoch_scan, make_train_step, seed_keys, zero_sums
+from vaejax.training import init_state, make_epoch_scan, make_train_step, seed_keys
 
 
 def time_call(run, repeats: int) -> float:
@@ -38,22 +37,21 @@ def measure(model_name: str, steps: int, repeats: int, images: jax.Array) -> tup
     model = build_model(model_name, latent_dim=2)
     optimizer = optax.adam(settings["learning_rate"])
     keys = seed_keys(0)
-    state = init_state(model, optimizer, keys)
+    state = init_state(model, optimizer, keys, steps)
     step_fn = make_train_step(model, optimizer, settings["batch_size"])
     order = jax.random.permutation(keys.train, images.shape[0])
 
     per_step = jax.jit(step_fn)
-
-    def run_per_step():
-        current, sums = state, zero_sums()
-        for step in range(steps):
-            current, sums = per_step(current, sums, images, order, jnp.int32(step), keys.train)
-        return sums
-
     scanned = jax.jit(make_epoch_scan(step_fn, steps))
 
+    def run_per_step():
+        current = state
+        for _ in range(steps):
+            current = per_step(current, images, order, keys.train)
+        return current.sums
+
     per_step_seconds = time_call(run_per_step, repeats)
-    scan_seconds = time_call(lambda: scanned(state, zero_sums(), images, order, keys.train)[1], repeats)
+    scan_seconds = time_call(lambda: scanned(state, images, order, keys.train).sums, repeats)
     return per_step_seconds / steps, scan_seconds / steps
 
 

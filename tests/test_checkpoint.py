@@ -18,7 +18,7 @@ from vaejax.training import init_state, seed_keys
 
 def make_state(model_name="dense_ae", latent_dim=2, seed=0, epoch=0):
     model = build_model(model_name, latent_dim)
-    return init_state(model, optax.adam(1e-3), seed_keys(seed)).replace(epoch=np.int32(epoch))
+    return init_state(model, optax.adam(1e-3), seed_keys(seed), 8).replace(epoch=np.int32(epoch))
 
 
 def make_config(tmp_path, **changes):

@@ -25,6 +25,8 @@ def test_help_documents_every_flag():
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--learning_rate", "nan"], "--learning_rate must be a positive finite number"),
     (["--learning_rate", "-1"], "--learning_rate must be a positive finite number"),
+    (["--learning_rate", "inf"], "--learning_rate must be a positive finite number"),
+    (["--batch_size", "0"], "--batch_size must be at least 1, got 0"),
     (["--latent_dim", "two"], "argument --latent_dim: invalid int value: 'two'"),
     (["--batch_size", "100000"], "--batch_size 100000 is larger than the 60000 training images"),
     (["--dataset", "no_such_set"], "unknown dataset 'no_such_set'"),

@@ -75,7 +75,7 @@ def test_idx_reader_mutated_labels(tmp_path, data):
 def saved_checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("valid")
     config = Config(model="dense_ae", latent_dim=1, workdir=str(folder)).resolved()
-    template = init_state(build_model("dense_ae", 1), __import__("optax").adam(1e-3), seed_keys(0))
+    template = init_state(build_model("dense_ae", 1), __import__("optax").adam(1e-3), seed_keys(0), 4)
     checkpoint.save_state(folder, config, template, [{"epoch": 1}])
     return config, template, (folder / checkpoint.CHECKPOINT_FILE).read_bytes()
 

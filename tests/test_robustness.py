@@ -108,8 +108,9 @@ def _template(config):
     from vaejax.models import build_model
     from vaejax.training import init_state, seed_keys
 
+    steps_per_epoch = 512 // config.batch_size
     return init_state(build_model(config.model, config.latent_dim), optax.adam(config.learning_rate),
-                      seed_keys(config.seed))
+                      seed_keys(config.seed), steps_per_epoch)
 
 
 @pytest.mark.parametrize(("workdir", "message"), [
@@ -133,3 +134,17 @@ def test_work_directory_of_another_configuration_is_refused(tmp_path):
     assert result.returncode == 2 and "already holds a run" in result.stderr
     assert np.array_equal(sorted(os.listdir(workdir)), [checkpoint.CONFIG_FILE])
     assert Path(workdir / checkpoint.CONFIG_FILE).read_text().count('"latent_dim": 3') == 1
+
+
+def test_corrupt_checkpoint_ends_in_one_line_through_the_cli(tmp_path, small_mnist):
+    workdir = tmp_path / "run"
+    config = Config(model="dense_ae", epochs=1, workdir=str(workdir), limit=512).resolved()
+    train(config, small_mnist, log=lambda line: None)
+    path = workdir / checkpoint.CHECKPOINT_FILE
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    result = run_cli("--model", "dense_ae", "--limit", "512", "--epochs", "2", "--workdir", str(workdir),
+                     "--resume", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert f"{path}: corrupt or truncated file" in result.stderr
+    assert path.read_bytes() == data[: len(data) // 2]  # left for the user to inspect

@@ -120,13 +120,36 @@ def _check_writable(workdir: Path) -> None:
         raise VaejaxError(f"work directory {workdir} is not writable ({error.strerror or error})") from None
 
 
-def _read_config(path: Path) -> dict:
+def read_run_config(workdir: Path) -> Config:
+    """The Config a run in `workdir` was trained with."""
+    path = workdir / CONFIG_FILE
+    saved = _read_json(path)
+    try:
+        return Config(**saved).resolved()
+    except TypeError as error:
+        raise VaejaxError(f"{path}: not a vaejax run configuration ({error})") from None
+
+
+def read_metrics(workdir: Path) -> list[dict]:
+    path = workdir / METRICS_FILE
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as error:
+        raise VaejaxError(f"{path}: unreadable metrics ({error})") from None
+
+
+def _read_json(path: Path) -> dict:
     try:
         saved = json.loads(path.read_text())
         if not isinstance(saved, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as error:
         raise VaejaxError(f"{path}: unreadable run configuration ({error})") from None
+    return saved
+
+
+def _read_config(path: Path) -> dict:
+    saved = _read_json(path)
     return {name: saved.get(name) for name in Config().result_dict()}
 
 

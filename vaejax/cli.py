@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--limit", type=int, default=None, help="use only the first N training images (quick runs)")
     add("--loop", default="auto",
         help="step: one compiled call per step; scan: one per epoch; auto: the one measured faster")
+    add("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
+        help="write TensorBoard event files (per-step and per-epoch scalars, images) to <workdir>/tensorboard")
     add("--deterministic", action="store_true",
         help=f"GPU: set XLA_FLAGS={DETERMINISTIC_XLA_FLAG} before JAX starts (bitwise repeatable runs)")
     return parser
@@ -85,13 +87,16 @@ def main(argv: list[str] | None = None) -> int:
 def run(config: Config) -> int:
     import jax  # imported here so that --deterministic can set XLA_FLAGS first
 
-    from vaejax.plots import write_figures
+    from vaejax.reporting import Reporter
     from vaejax.training import train
 
     print(f"JAX {jax.__version__} backend {jax.default_backend()}: {', '.join(map(str, jax.devices()))}")
     print(f"{config.model} on {config.dataset}, latent_dim {config.latent_dim}, batch {config.batch_size}, "
           f"lr {config.learning_rate}, {config.epochs} epochs, seed {config.seed} -> {config.workdir}")
-    result = train(config)
-    figures = write_figures(result)
-    print(f"wrote {result.workdir}/params.msgpack and {len(figures)} figures in {result.workdir}/figures")
+    reporter = Reporter(config)
+    try:
+        result = train(config, observer=reporter)
+    finally:
+        reporter.close()
+    print(f"wrote {result.workdir}/params.msgpack; figures in {result.workdir}/figures")
     return 0

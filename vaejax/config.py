@@ -48,6 +48,7 @@ class Config:
     plot_latent: bool | None = None
     deterministic: bool = False
     loop: str = "auto"
+    tensorboard: bool = True
 
     def resolved(self) -> Config:
         """Fill model defaults and the default work directory, then validate."""

@@ -33,6 +33,11 @@ def conv_transpose(features: int) -> nn.ConvTranspose:
     return nn.ConvTranspose(features, (4, 4), strides=(1, 1), padding="SAME", kernel_init=kernel_init)
 
 
+def images_to_float(images_uint8: jax.Array) -> jax.Array:
+    """uint8 (B, 28, 28) -> float32 (B, 28, 28, 1) in [0, 1]; done inside compiled code."""
+    return (jnp.asarray(images_uint8).astype(jnp.float32) / 255.0)[..., None]
+
+
 def reparameterize(key: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
     """z = mean + std * eps with eps ~ N(0, I) drawn from an explicit key."""
     return mean + std * jax.random.normal(key, mean.shape, mean.dtype)

@@ -25,7 +25,7 @@ from vaejax.config import Config
 from vaejax.data import IMAGE_PIXELS, Dataset, load_dataset
 from vaejax.errors import TrainingInterrupted, VaejaxError
 from vaejax.losses import loss_terms
-from vaejax.models import AutoEncoder, build_model, init_params
+from vaejax.models import AutoEncoder, build_model, images_to_float, init_params
 
 EVAL_BATCH_SIZE = 1000
 METRIC_NAMES = ("loss", "bce", "kl")
@@ -56,21 +56,18 @@ def seed_keys(seed: int) -> SeedKeys:
     return SeedKeys(*jax.random.split(jax.random.key(seed), 4))
 
 
-def init_state(model: AutoEncoder, optimizer: optax.GradientTransformation, keys: SeedKeys) -> TrainState:
+def init_state(model: AutoEncoder, optimizer: optax.GradientTransformation, keys: SeedKeys,
+               steps_per_epoch: int) -> TrainState:
     params = init_params(model, keys.init)
     # The state is donated to the train step: give it its own copy of the key.
-    return TrainState(params, optimizer.init(params), jnp.copy(keys.train), jnp.int32(0), jnp.int32(0), zero_sums())
+    return TrainState(params, optimizer.init(params), jnp.copy(keys.train), jnp.int32(0), jnp.int32(0),
+                      zero_sums(steps_per_epoch))
 
 
 def epoch_keys(rng: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(next epoch's key, this epoch's shuffle key, this epoch's step key)."""
     next_rng, shuffle_key, step_root = jax.random.split(rng, 3)
     return next_rng, shuffle_key, step_root
-
-
-def images_to_float(images_uint8: jax.Array) -> jax.Array:
-    """uint8 (B, 28, 28) -> float32 (B, 28, 28, 1) in [0, 1]; done inside the compiled step."""
-    return (images_uint8.astype(jnp.float32) / 255.0)[..., None]
 
 
 def batch_indices(order: jax.Array, step: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
@@ -91,9 +88,13 @@ def batch_loss(model: AutoEncoder, params, images_uint8, weights, key) -> tuple[
 NO_STEP = np.iinfo(np.int32).max
 
 
-def zero_sums() -> dict:
+def zero_sums(steps: int = 0) -> dict:
+    """Running sums of the metrics; with `steps`, also room for each step's loss (for per-step logs)."""
     sums = {name: jnp.zeros((), jnp.float32) for name in (*METRIC_NAMES, "count")}
-    return sums | {"first_nonfinite_step": jnp.int32(NO_STEP)}
+    sums["first_nonfinite_step"] = jnp.int32(NO_STEP)
+    if steps:
+        sums["step_losses"] = jnp.zeros((steps,), jnp.float32)
+    return sums
 
 
 def accumulate(sums: dict, terms: dict, weights: jax.Array, step: jax.Array) -> dict:
@@ -103,7 +104,10 @@ def accumulate(sums: dict, terms: dict, weights: jax.Array, step: jax.Array) -> 
     added = {name: sums[name] + terms[name] * count for name in METRIC_NAMES}
     nonfinite = ~jnp.isfinite(terms["loss"])
     first = jnp.where(nonfinite, jnp.minimum(sums["first_nonfinite_step"], step), sums["first_nonfinite_step"])
-    return added | {"count": sums["count"] + count, "first_nonfinite_step": first}
+    added |= {"count": sums["count"] + count, "first_nonfinite_step": first}
+    if "step_losses" in sums:
+        added["step_losses"] = sums["step_losses"].at[step].set(terms["loss"])
+    return added
 
 
 def make_train_step(model: AutoEncoder, optimizer: optax.GradientTransformation, batch_size: int):
@@ -206,8 +210,9 @@ class Trainer:
         self.train_scan = jax.jit(make_epoch_scan(step, self.steps), donate_argnums=(0,))
         self.eval_step = make_eval_step(self.model)
 
-    def train_epoch(self, state: TrainState, stop_requested: Callable[[], bool] = lambda: False) -> TrainState:
-        """Run the rest of the current epoch, or until `stop_requested()` turns true after a step."""
+    def train_epoch(self, state: TrainState, after_step: Callable[[TrainState], bool] = lambda state: False
+                    ) -> TrainState:
+        """Run the rest of the current epoch, or until `after_step(state)` returns True (stop)."""
         _, shuffle_key, step_root = epoch_keys(state.rng)
         order = jax.random.permutation(shuffle_key, self.train_images.shape[0])
         done = int(state.step)
@@ -215,7 +220,7 @@ class Trainer:
             return self.train_scan(state, self.train_images, order, step_root)
         for _ in range(done, self.steps):  # also finishes a scan epoch that was resumed mid-way
             state = self.train_step(state, self.train_images, order, step_root)
-            if stop_requested():
+            if after_step(state):
                 break
         return state
 
@@ -271,13 +276,31 @@ class StopSignal:
         return self.signum is not None
 
 
-def train(config: Config, dataset: Dataset | None = None, log: Callable[[str], None] = print) -> TrainResult:
+class Observer:
+    """What a caller may watch of training (progress bars, figures, logs); does nothing by default."""
+
+    def start_run(self, model: AutoEncoder, dataset: Dataset) -> None:
+        pass
+
+    def start_epoch(self, epoch: int, steps: int, steps_done: int) -> None:
+        pass
+
+    def step(self, state: TrainState) -> None:
+        pass
+
+    def end_epoch(self, record: dict, params, step_losses: np.ndarray, history: list[dict]) -> None:
+        pass
+
+
+def train(config: Config, dataset: Dataset | None = None, log: Callable[[str], None] = print,
+          observer: Observer | None = None) -> TrainResult:
     """Run (or resume) training as `config` says, writing the work directory as it goes.
 
     A checkpoint is written after every epoch, and after the current step when SIGINT/SIGTERM
     arrives (then TrainingInterrupted is raised). A non-finite loss stops the run before its epoch
     is checkpointed, so the last good checkpoint stays.
     """
+    observer = observer or Observer()
     workdir = Path(config.workdir)
     checkpoint.prepare_workdir(workdir, config)
     if dataset is None:
@@ -291,21 +314,28 @@ def train(config: Config, dataset: Dataset | None = None, log: Callable[[str], N
     model = build_model(config.model, config.latent_dim, config.inputs_decoder)
     optimizer = optax.adam(config.learning_rate)
     keys = seed_keys(config.seed)
-    state, history = init_state(model, optimizer, keys), []
-    if config.resume:
-        state, history = checkpoint.restore_state(workdir, config, state, log)
-    checkpoint.write_metrics(workdir, history)
     trainer = Trainer(
         model, optimizer, config.batch_size,
         jax.device_put(dataset.train_images), jax.device_put(dataset.test_images), keys.eval,
         loop=choose_loop(config.loop, config.model, jax.default_backend()),
     )
+    state, history = init_state(model, optimizer, keys, trainer.steps), []
+    if config.resume:
+        state, history = checkpoint.restore_state(workdir, config, state, log)
+    checkpoint.write_metrics(workdir, history)
+    observer.start_run(model, dataset)
 
     with StopSignal() as stop:
+
+        def after_step(state: TrainState) -> bool:
+            observer.step(state)
+            return stop()
+
         while int(state.epoch) < config.epochs:
             epoch = int(state.epoch) + 1
             started = time.perf_counter()
-            state = trainer.train_epoch(state, stop)
+            observer.start_epoch(epoch, trainer.steps, int(state.step))
+            state = trainer.train_epoch(state, after_step)
             bad_step = first_nonfinite_step(state.sums)
             if bad_step is not None:
                 raise VaejaxError(
@@ -319,17 +349,21 @@ def train(config: Config, dataset: Dataset | None = None, log: Callable[[str], N
                     f"checkpoint written, continue with --resume", stop.signum,
                 )
             train_metrics = epoch_means(state.sums)
+            step_losses = np.asarray(jax.device_get(state.sums["step_losses"]))
             test_metrics = trainer.evaluate(state.params)
             next_rng, _, _ = epoch_keys(state.rng)
-            state = state.replace(rng=next_rng, epoch=state.epoch + 1, step=jnp.int32(0), sums=zero_sums())
+            state = state.replace(rng=next_rng, epoch=state.epoch + 1, step=jnp.int32(0),
+                                  sums=zero_sums(trainer.steps))
             seconds = time.perf_counter() - started
-            history.append({
+            record = {
                 "epoch": epoch, "train": train_metrics, "test": test_metrics,
                 "seconds": round(seconds, 3), "config_hash": config.result_hash(),
-            })
+            }
+            history.append(record)
             checkpoint.save_state(workdir, config, state, history)
             checkpoint.write_metrics(workdir, history)
             log(format_epoch(epoch, config.epochs, train_metrics, test_metrics, seconds, model.variational))
+            observer.end_epoch(record, state.params, step_losses, history)
             if stop():  # a scan epoch cannot stop mid-way: it stops here, checkpointed
                 raise TrainingInterrupted(
                     f"interrupted after epoch {epoch}; checkpoint written, continue with --resume", stop.signum,

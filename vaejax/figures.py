@@ -1,0 +1,243 @@
+"""Every figure of a run: reconstructions, prior samples, the latent space, learning curves.
+
+`RunFigures` draws one epoch's figures from the params of that epoch into `<workdir>/figures/`:
+`NAME_eNNN.png` per epoch plus `NAME.png`, a copy of the latest, so links stay stable. The drawing
+functions below it take plain arrays, so they are usable (and testable) without a model.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import NormalDist
+
+import jax
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")  # headless: figures go to files
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from vaejax.config import Config  # noqa: E402
+from vaejax.data import IMAGE_SIDE, Dataset  # noqa: E402
+from vaejax.models import AutoEncoder, decode, encode, images_to_float  # noqa: E402
+from vaejax.training import seed_keys  # noqa: E402
+
+DPI = 100
+SAMPLE_GRID = 8
+SEED_GRID_VALUES = np.arange(-3, 4, 0.5)  # seed 000's linear 14x14 grid
+NORMAL_GRID_PROBABILITIES = np.linspace(0.05, 0.95, 14)  # Kingma & Welling's layout through the inverse CDF
+ENCODE_BATCH = 1000
+
+
+@dataclass
+class EpochImages:
+    """Tiled pictures of an epoch (values in [0, 1]), also sent to TensorBoard."""
+
+    reconstructions: np.ndarray
+    samples: np.ndarray | None
+
+
+class RunFigures:
+    """Draws a run's figures; the decoder and encoder are compiled once, params change per epoch."""
+
+    @classmethod
+    def for_run(cls, config: Config, model: AutoEncoder, dataset: Dataset) -> RunFigures:
+        return cls(Path(config.workdir) / "figures", model, dataset, config.latent_dim,
+                   config.test_image_number, config.plot_latent, seed_keys(config.seed).sample)
+
+    def __init__(self, folder: Path, model: AutoEncoder, dataset: Dataset, latent_dim: int,
+                 test_image_number: int, plot_latent: bool, sample_key: jax.Array):
+        self.folder = folder
+        self.model, self.dataset, self.latent_dim = model, dataset, latent_dim
+        self.shown = slice(0, test_image_number)
+        self.plot_latent = plot_latent
+        self.prior_z = jax.random.normal(sample_key, (SAMPLE_GRID**2, latent_dim)) if model.variational else None
+        self.to_pixels = jax.jit(lambda params, z: jax.nn.sigmoid(decode(model, params, z)))
+        self.to_means = jax.jit(lambda params, images: encode(model, params, images_to_float(images))[0])
+
+    def write_epoch(self, epoch: int, params, history: list[dict]) -> EpochImages:
+        """All figures of `epoch` (its number in the file names), drawn with `params`, and the
+        learning curves of `history`."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        save_figure(plot_learning_curves(history, self.model.variational), self.folder / "learning_curves.png")
+        dataset = self.dataset
+        images = dataset.test_images[self.shown]
+        reconstructions = np.asarray(self.to_pixels(params, self.to_means(params, images)))
+        titles = [dataset.class_names[label] for label in dataset.test_labels[self.shown]]
+        self.save(plot_reconstructions(images, reconstructions, titles), "reconstructions", epoch)
+        samples = None
+        if self.prior_z is not None:
+            samples = np.asarray(self.to_pixels(params, self.prior_z))
+            self.save(plot_samples(samples), "samples", epoch)
+        if self.plot_latent:
+            self.write_latent(epoch, params)
+        return EpochImages(
+            tile(np.concatenate([images.reshape(len(images), -1) / 255.0, reconstructions]), 2, len(images)),
+            None if samples is None else tile(samples, SAMPLE_GRID, SAMPLE_GRID),
+        )
+
+    def write_latent(self, epoch: int, params) -> None:
+        means = np.concatenate([
+            np.asarray(self.to_means(params, self.dataset.test_images[start:start + ENCODE_BATCH]))
+            for start in range(0, len(self.dataset.test_images), ENCODE_BATCH)
+        ])
+        labels, names = self.dataset.test_labels, self.dataset.class_names
+        if self.latent_dim != 2:
+            coords, title = project_2d(means)
+            self.save(plot_latent_scatter(coords, labels, names, title), "latent", epoch)
+            return
+        if self.model.variational:
+            xs = ys = SEED_GRID_VALUES
+        else:  # a plain AE has no prior: span the bulk of its codes instead
+            xs, ys = (np.linspace(*np.percentile(means[:, axis], [1, 99]), 14) for axis in (0, 1))
+        grid = self.decode_grid(params, xs, ys)
+        self.save(plot_latent_with_grid(means, labels, names, xs, ys, grid), "latent", epoch)
+        if self.model.variational:
+            z = np.array([NormalDist().inv_cdf(p) for p in NORMAL_GRID_PROBABILITIES])
+            grid = self.decode_grid(params, z, z)
+            self.save(plot_latent_normal_grid(means, labels, names, NORMAL_GRID_PROBABILITIES, grid),
+                      "latent_normal_grid", epoch)
+
+    def decode_grid(self, params, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        """Decoded images of the grid, tiled with z2 growing upwards, as a plot's y axis does."""
+        xx, yy = np.meshgrid(xs, ys[::-1])
+        z = np.stack([xx.ravel(), yy.ravel()], axis=1).astype(np.float32)
+        return tile(np.asarray(self.to_pixels(params, z)), len(ys), len(xs))
+
+    def save(self, fig, name: str, epoch: int) -> None:
+        numbered = self.folder / f"{name}_e{epoch:03d}.png"
+        save_figure(fig, numbered)
+        shutil.copyfile(numbered, self.folder / f"{name}.png")
+
+
+def save_figure(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def tile(pixels: np.ndarray, rows: int, columns: int) -> np.ndarray:
+    """(rows*columns, 784) pixels -> one (rows*28, columns*28) picture, row-major."""
+    return (pixels.reshape(rows, columns, IMAGE_SIDE, IMAGE_SIDE)
+            .transpose(0, 2, 1, 3).reshape(rows * IMAGE_SIDE, columns * IMAGE_SIDE))
+
+
+def project_2d(means: np.ndarray) -> tuple[np.ndarray, str]:
+    """Latent means as 2-d points: themselves, against nothing (1-d), or their first two PCs."""
+    if means.shape[1] == 1:
+        return np.concatenate([means, np.zeros_like(means)], axis=1), "Latent means of the test set (1-d)"
+    centered = means - means.mean(axis=0)
+    _, singular, components = np.linalg.svd(centered, full_matrices=False)
+    explained = (singular[:2] ** 2).sum() / (singular**2).sum()
+    title = (f"Latent means ({means.shape[1]}-d) on their first two principal components "
+             f"({explained:.0%} of the variance)")
+    return centered @ components[:2].T, title
+
+
+def plot_reconstructions(images: np.ndarray, reconstructions: np.ndarray, titles: list[str]):
+    """Test images (top row) over their reconstructions decoded from the latent mean (bottom)."""
+    count = len(images)
+    fig, axes = plt.subplots(2, count, figsize=(1.5 * count + 0.6, 3.4), squeeze=False)
+    for column in range(count):
+        axes[0, column].imshow(images[column], cmap="gray", vmin=0, vmax=255)
+        axes[0, column].set_title(titles[column], fontsize=9)
+        axes[1, column].imshow(reconstructions[column].reshape(IMAGE_SIDE, IMAGE_SIDE),
+                               cmap="gray", vmin=0, vmax=1)
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    axes[0, 0].set_ylabel("input")
+    axes[1, 0].set_ylabel("reconstruction")
+    fig.tight_layout()
+    return fig
+
+
+def plot_samples(pixels: np.ndarray):
+    side = int(round(len(pixels) ** 0.5))
+    fig, axis = plt.subplots(figsize=(5, 5.4))
+    axis.imshow(tile(pixels, side, side), cmap="gray", vmin=0, vmax=1)
+    axis.set_title("Samples decoded from z ~ N(0, I)")
+    axis.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def scatter_by_class(axis, coords: np.ndarray, labels: np.ndarray, class_names) -> None:
+    """One colour of matplotlib's 10-colour palette per class, with a legend of the class names."""
+    palette = plt.get_cmap("tab10")
+    for label, name in enumerate(class_names):
+        chosen = labels == label
+        axis.scatter(coords[chosen, 0], coords[chosen, 1], s=2, color=palette(label), label=name,
+                     rasterized=True)
+    axis.legend(markerscale=6, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
+def plot_latent_scatter(coords: np.ndarray, labels: np.ndarray, class_names, title: str):
+    fig, axis = plt.subplots(figsize=(8, 6.6))
+    scatter_by_class(axis, coords, labels, class_names)
+    axis.set(title=title, xlabel="component 1", ylabel="component 2")
+    axis.title.set_fontsize(10)
+    fig.tight_layout()
+    return fig
+
+
+def cell_extent(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float, float, float]:
+    """The area a grid of images covers: each image centred on its grid point."""
+    dx, dy = xs[1] - xs[0], ys[1] - ys[0]
+    return xs[0] - dx / 2, xs[-1] + dx / 2, ys[0] - dy / 2, ys[-1] + dy / 2
+
+
+def plot_latent_with_grid(means, labels, class_names, xs, ys, grid: np.ndarray):
+    """Test-set latent means beside the decoded grid, on the same z axes."""
+    extent = cell_extent(xs, ys)
+    fig, (scatter_axis, grid_axis) = plt.subplots(1, 2, figsize=(15, 6.6))
+    scatter_by_class(scatter_axis, means, labels, class_names)
+    scatter_axis.set(xlim=extent[:2], ylim=extent[2:], xlabel="z1", ylabel="z2",
+                     title="Latent means of the test set")
+    grid_axis.imshow(grid, cmap="gray", extent=extent, vmin=0, vmax=1, aspect="auto")
+    grid_axis.set(xlabel="z1", ylabel="z2", title=f"Decoder on a linear {len(xs)}x{len(ys)} grid")
+    fig.tight_layout()
+    return fig
+
+
+def plot_latent_normal_grid(means, labels, class_names, probabilities: np.ndarray, grid: np.ndarray):
+    """The same in prior-probability coordinates: z = inverse normal CDF of an even grid in (0, 1).
+
+    The grid is even in Phi(z), so both panels use Phi(z) axes, labelled with z values; points
+    where the prior has mass get equal room.
+    """
+    normal = NormalDist()
+    cdf = np.vectorize(normal.cdf)
+    extent = cell_extent(probabilities, probabilities)
+    ticks = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])
+    fig, (scatter_axis, grid_axis) = plt.subplots(1, 2, figsize=(15, 6.6))
+    scatter_by_class(scatter_axis, cdf(means), labels, class_names)
+    scatter_axis.set(xlim=extent[:2], ylim=extent[2:], title="Latent means of the test set")
+    grid_axis.imshow(grid, cmap="gray", extent=extent, vmin=0, vmax=1, aspect="auto")
+    grid_axis.set(title=f"Decoder on z = inverse normal CDF of a {len(probabilities)}x{len(probabilities)} grid")
+    for axis in (scatter_axis, grid_axis):
+        axis.set_xticks(cdf(ticks), [f"{t:g}" for t in ticks])
+        axis.set_yticks(cdf(ticks), [f"{t:g}" for t in ticks])
+        axis.set(xlabel="z1 (prior-probability scale)", ylabel="z2 (prior-probability scale)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_learning_curves(history: list[dict], variational: bool):
+    """Train and test loss per epoch, and for a VAE its BCE and KL parts, in nats per image."""
+    epochs = [record["epoch"] for record in history]
+    parts = ("loss", "bce", "kl") if variational else ("loss",)
+    names = {"loss": "loss (negative ELBO)" if variational else "loss (BCE)", "bce": "BCE", "kl": "KL"}
+    fig, axes = plt.subplots(1, len(parts), figsize=(5 * len(parts), 4), squeeze=False)
+    for axis, part in zip(axes[0], parts, strict=True):
+        for split, style in (("train", "o-"), ("test", "s--")):
+            axis.plot(epochs, [record[split][part] for record in history], style, markersize=3, label=split)
+        axis.set(title=names[part], xlabel="epoch", ylabel="nats per image")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.legend()
+        axis.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

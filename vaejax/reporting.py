@@ -1,0 +1,116 @@
+"""Watching a run: a progress bar, figures and TensorBoard logs after each epoch."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from vaejax.config import Config
+from vaejax.data import Dataset
+from vaejax.figures import RunFigures
+from vaejax.models import AutoEncoder
+from vaejax.summary import model_summary
+from vaejax.training import Observer, TrainState
+
+
+class EpochProgress(Observer):
+    """A bar per epoch with the running loss on a terminal; nothing otherwise (CI logs keep the
+    one line per epoch that training prints anyway)."""
+
+    REFRESH_SECONDS = 0.5  # the running loss costs a device sync: fetch it at most this often
+
+    def __init__(self, epochs: int, stream=sys.stderr):
+        self.epochs, self.stream = epochs, stream
+        self.enabled = stream.isatty()
+        self.bar = None
+        self.refreshed = 0.0
+
+    def start_epoch(self, epoch: int, steps: int, steps_done: int) -> None:
+        if self.enabled:
+            self.bar = tqdm(total=steps, initial=steps_done, desc=f"epoch {epoch}/{self.epochs}",
+                            leave=False, file=self.stream, dynamic_ncols=True)
+
+    def step(self, state: TrainState) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        if time.monotonic() - self.refreshed > self.REFRESH_SECONDS:
+            sums = jax.device_get({name: state.sums[name] for name in ("loss", "count")})
+            self.bar.set_postfix(loss=f"{sums['loss'] / max(sums['count'], 1):.2f}")
+            self.refreshed = time.monotonic()
+
+    def end_epoch(self, record, params, step_losses, history) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class TensorBoardLog:
+    """Event files for TensorBoard, written by tensorboardX (no TensorFlow needed)."""
+
+    def __init__(self, folder: Path):
+        from tensorboardX import SummaryWriter
+
+        self.writer = SummaryWriter(str(folder))
+
+    def write_epoch(self, record: dict, step_losses: np.ndarray, images) -> None:
+        epoch, steps = record["epoch"], len(step_losses)
+        for index, loss in enumerate(step_losses):  # global step: optimizer updates so far
+            self.writer.add_scalar("step/train_loss", float(loss), (epoch - 1) * steps + index + 1)
+        for split in ("train", "test"):
+            for name, value in record[split].items():
+                self.writer.add_scalar(f"epoch/{split}_{name}", value, epoch)
+        self.writer.add_image("reconstructions", images.reconstructions[None], epoch, dataformats="CHW")
+        if images.samples is not None:
+            self.writer.add_image("samples", images.samples[None], epoch, dataformats="CHW")
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Reporter(Observer):
+    """Everything a user watches during `python train.py`: summary, bar, figures, TensorBoard."""
+
+    def __init__(self, config: Config, log: Callable[[str], None] = print):
+        self.config, self.log = config, log
+        self.progress = EpochProgress(config.epochs)
+        self.figures: RunFigures | None = None
+        self.tensorboard: TensorBoardLog | None = None
+
+    def start_run(self, model: AutoEncoder, dataset: Dataset) -> None:
+        workdir = Path(self.config.workdir)
+        summary = model_summary(model, self.config.model)
+        self.log(summary.rstrip())
+        (workdir / "model_summary.txt").write_text(summary)
+        if not model.variational:
+            self.log(f"{self.config.model} is a plain autoencoder, not generative: no prior samples are drawn")
+        self.figures = RunFigures.for_run(self.config, model, dataset)
+        if self.config.tensorboard:
+            self.tensorboard = TensorBoardLog(workdir / "tensorboard")
+
+    def start_epoch(self, epoch: int, steps: int, steps_done: int) -> None:
+        self.progress.start_epoch(epoch, steps, steps_done)
+
+    def step(self, state: TrainState) -> None:
+        self.progress.step(state)
+
+    def end_epoch(self, record, params, step_losses, history) -> None:
+        self.progress.end_epoch(record, params, step_losses, history)
+        images = self.figures.write_epoch(record["epoch"], params, history)
+        if self.tensorboard is not None:
+            self.tensorboard.write_epoch(record, step_losses, images)
+
+    def close(self) -> None:
+        self.progress.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
