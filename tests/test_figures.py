@@ -157,11 +157,8 @@ class FakeTerminal(io.StringIO):
         return True
 
 
-def test_progress_bar_only_on_a_terminal(dense_run):
-    result, _, _ = dense_run
-    from vaejax.training import TrainState  # noqa: F401  (the bar reads state.sums only)
-
-    class State:
+def test_progress_bar_only_on_a_terminal():
+    class State:  # the bar reads only the running sums of the state
         sums = {"loss": np.float32(300.0), "count": np.float32(2.0)}
 
     for stream, shown in ((io.StringIO(), False), (FakeTerminal(), True)):
