@@ -27,33 +27,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="train.py",
         description="Train the seed autoencoders (conv_vae: seed 000, dense_ae: seed 003) with JAX.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = parser.add_argument
-    add("--model", default="conv_vae", help=f"architecture: {' or '.join(MODELS)}")
+    add("--model", default="conv_vae", help=f"architecture: {' or '.join(MODELS)} (default: conv_vae)")
     add("--dataset", default="mnist",
-        help="mnist (bundled), or a 28x28 grayscale TFDS name such as fashion_mnist or kmnist")
+        help="mnist (bundled, the default), or a 28x28 grayscale TFDS name such as fashion_mnist or kmnist")
     add("--data_dir", default=None,
         help="folder with the four IDX files (gzip or raw), e.g. /usr/share/datasets/fashion-mnist")
-    add("--latent_dim", type=int, default=2, help="size of the latent code")
+    add("--latent_dim", type=int, default=2, help="size of the latent code (default: 2)")
     add("--epochs", type=int, default=None, help=f"epochs to train (default: {defaults_text('epochs')})")
     add("--batch_size", type=int, default=None, help=f"batch size (default: {defaults_text('batch_size')})")
     add("--learning_rate", type=float, default=None,
         help=f"Adam learning rate (default: {defaults_text('learning_rate')})")
-    add("--seed", type=int, default=0, help="the one seed every random key derives from")
+    add("--seed", type=int, default=0, help="the one seed every random key derives from (default: 0)")
     add("--workdir", default=None, help="output folder (default: runs/<model>-<dataset>-z<latent>-s<seed>)")
-    add("--resume", action="store_true", help="continue the run in --workdir from its last checkpoint")
+    add("--resume", action="store_true",
+        help="continue the run in --workdir from its last checkpoint (or start it if there is none)")
     add("--overwrite", action="store_true", help="replace a run already in --workdir")
     add("--inputs_decoder", type=int, default=49,
-        help="conv_vae: width of the decoder's dense layers; a perfect square (reshaped to side x side)")
-    add("--test_image_number", type=int, default=5, help="test images shown in the reconstruction figure")
+        help="conv_vae: width of the decoder's dense layers, a perfect square reshaped to side x side (default: 49)")
+    add("--test_image_number", type=int, default=5, help="test images shown in the reconstruction figure (default: 5)")
     add("--plot_latent", action=argparse.BooleanOptionalAction, default=None,
         help="draw the latent scatter and grid (default: on when latent_dim is 2)")
     add("--limit", type=int, default=None, help="use only the first N training images (quick runs)")
     add("--loop", default="auto",
-        help="step: one compiled call per step; scan: one per epoch; auto: the one measured faster")
+        help="step: one compiled call per step; scan: one per epoch; auto (default): the faster measured")
     add("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
-        help="write TensorBoard event files (per-step and per-epoch scalars, images) to <workdir>/tensorboard")
+        help="write TensorBoard event files (per-step and per-epoch scalars, images) to <workdir>/tensorboard (default: on)")
     add("--deterministic", action="store_true",
         help=f"GPU: set XLA_FLAGS={DETERMINISTIC_XLA_FLAG} before JAX starts (bitwise repeatable runs)")
     return parser
