@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--loop", default="auto",
         help="step: one compiled call per step; scan: one per epoch; auto (default): the faster measured")
     add("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
-        help="write TensorBoard event files (per-step and per-epoch scalars, images) to <workdir>/tensorboard (default: on)")
+        help="TensorBoard event files (per-step and per-epoch scalars, images) in <workdir>/tensorboard (default: on)")
     add("--deterministic", action="store_true",
         help=f"GPU: set XLA_FLAGS={DETERMINISTIC_XLA_FLAG} before JAX starts (bitwise repeatable runs)")
     return parser
