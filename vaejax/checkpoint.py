@@ -41,8 +41,8 @@ def atomic_write(path: Path, data: bytes, verify: Callable[[Path], object] | Non
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         tmp_path = Path(tmp_name)
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
         with os.fdopen(fd, "wb") as tmp:
+            os.fchmod(tmp.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
             tmp.write(data)
             tmp.flush()
             os.fsync(tmp.fileno())
