@@ -89,13 +89,18 @@ def test_plain_autoencoder_draws_no_samples_and_says_so(dense_run):
 def test_decoded_grid_varies_across_the_latent_space(dense_run):
     result, reporter, _ = dense_run
     means = np.asarray(reporter.figures.to_means(result.params, result.dataset.test_images))
-    xs, ys = (np.linspace(*np.percentile(means[:, axis], [1, 99]), 14) for axis in (0, 1))
+    xs, ys = (figures.code_span(means[:, axis]) for axis in (0, 1))
     grid = reporter.figures.decode_grid(result.params, xs, ys)
     tiles = grid.reshape(14, 28, 14, 28).transpose(0, 2, 1, 3).reshape(196, -1)
     assert grid.shape == (14 * 28, 14 * 28)
     distances = np.abs(tiles - tiles.mean(axis=0)).mean(axis=1)
     assert distances.mean() > 0.02  # mean absolute pixel difference from the average tile
     assert np.abs(tiles[0] - tiles[-1]).mean() > 0.05  # opposite corners decode to different images
+
+
+def test_a_dead_relu_unit_still_gets_a_grid():
+    span = figures.code_span(np.zeros(100))
+    assert span[0] == -0.5 and span[-1] == 0.5 and len(span) == 14
 
 
 def test_scatter_uses_every_label_with_its_class_name(small_mnist):

@@ -92,7 +92,7 @@ class RunFigures:
         if self.model.variational:
             xs = ys = SEED_GRID_VALUES
         else:  # a plain AE has no prior: span the bulk of its codes instead
-            xs, ys = (np.linspace(*np.percentile(means[:, axis], [1, 99]), 14) for axis in (0, 1))
+            xs, ys = (code_span(means[:, axis]) for axis in (0, 1))
         grid = self.decode_grid(params, xs, ys)
         self.save(plot_latent_with_grid(means, labels, names, xs, ys, grid), "latent", epoch)
         if self.model.variational:
@@ -111,6 +111,14 @@ class RunFigures:
         numbered = self.folder / f"{name}_e{epoch:03d}.png"
         save_figure(fig, numbered)
         shutil.copyfile(numbered, self.folder / f"{name}.png")
+
+
+def code_span(codes: np.ndarray, points: int = 14) -> np.ndarray:
+    """Grid values over the 1st-99th percentile of a code; a dead (constant) ReLU unit gets +-0.5."""
+    low, high = np.percentile(codes, [1, 99])
+    if high - low < 1e-6:
+        low, high = low - 0.5, high + 0.5
+    return np.linspace(low, high, points)
 
 
 def save_figure(fig, path: Path) -> Path:
