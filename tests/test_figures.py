@@ -2,6 +2,7 @@
 
 import dataclasses
 import io
+import json
 import struct
 from pathlib import Path
 
@@ -68,6 +69,9 @@ def test_redraw_reproduces_the_figures_bit_for_bit(conv_run, tmp_path):
     for path in folder.iterdir():
         if "_e001" not in path.name:
             path.unlink()
+    config_path = result.workdir / "config.json"
+    saved = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps(saved | {"workdir": "runs/made-elsewhere"}))  # e.g. a relative path
     assert plot.main(["--workdir", str(result.workdir)]) == 0
     after = {path.name: path.read_bytes() for path in folder.iterdir()}
     assert after == before

@@ -121,9 +121,9 @@ def _check_writable(workdir: Path) -> None:
 
 
 def read_run_config(workdir: Path) -> Config:
-    """The Config a run in `workdir` was trained with."""
+    """The Config a run in `workdir` was trained with, pointing at `workdir` wherever it was made."""
     path = workdir / CONFIG_FILE
-    saved = _read_json(path)
+    saved = _read_json(path) | {"workdir": str(workdir)}
     try:
         return Config(**saved).resolved()
     except TypeError as error:
