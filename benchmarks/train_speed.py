@@ -52,7 +52,7 @@ def same_function(name: str, images: np.ndarray) -> dict:
     logits = model.apply({"params": params}, z, method=model.decode)
     ours = float(loss_terms(logits, floats.reshape(32, -1), mean, std, jnp.ones(32))["loss"])
     with torch.no_grad():
-        tensor = torch.from_numpy(np.asarray(floats)).permute(0, 3, 1, 2)
+        tensor = torch.from_numpy(np.array(floats)).permute(0, 3, 1, 2)
         theirs = float(peer.loss_terms(*_reorder(torch_model(tensor, torch.from_numpy(eps)), tensor))[0])
     return {"params_vaejax": count_params(params), "params_torch": sum(p.numel() for p in torch_model.parameters()),
             "loss_vaejax": ours, "loss_torch": theirs, "loss_relative_difference": abs(ours - theirs) / abs(theirs)}
