@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vaejax import checkpoint
 from vaejax.config import Config
@@ -110,19 +111,24 @@ def accumulate(sums: dict, terms: dict, weights: jax.Array, step: jax.Array) -> 
     return added
 
 
-def make_train_step(model: AutoEncoder, optimizer: optax.GradientTransformation, batch_size: int):
+def make_train_step(model: AutoEncoder, optimizer: optax.GradientTransformation, batch_size: int,
+                    batch_sharding: NamedSharding | None = None):
     """The pure (state, images, order, step_key) -> state training step; it runs step `state.step`.
 
     The batch is gathered on device from the uint8 training set by the shuffled `order`, so nothing
-    crosses to the host per step.
+    crosses to the host per step. With `batch_sharding` the batch is split over the devices and
+    XLA adds the gradient all-reduce (params and state stay replicated).
     """
 
     def train_step(state: TrainState, train_images, order, step_root) -> TrainState:
         step = state.step
         indices, weights = batch_indices(order, step, batch_size)
+        images = train_images[indices]
+        if batch_sharding is not None:
+            images, weights = jax.lax.with_sharding_constraint((images, weights), batch_sharding)
         key = jax.random.fold_in(step_root, step)
         grads, terms = jax.grad(
-            lambda params: batch_loss(model, params, train_images[indices], weights, key),
+            lambda params: batch_loss(model, params, images, weights, key),
             has_aux=True,
         )(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -190,6 +196,17 @@ def num_batches(count: int, batch_size: int) -> int:
     return -(-count // batch_size)
 
 
+def data_parallel_shardings(batch_size: int) -> tuple[NamedSharding | None, NamedSharding | None]:
+    """(batch split over all local devices, replicated), or (None, None) on a single device."""
+    devices = jax.local_devices()
+    if len(devices) == 1:
+        return None, None
+    if batch_size % len(devices):
+        raise VaejaxError(f"--batch_size {batch_size} does not divide evenly over {len(devices)} devices")
+    mesh = Mesh(np.array(devices), ("data",))
+    return NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
+
+
 @dataclass
 class Trainer:
     """The compiled steps of one run and the device-resident data they read."""
@@ -204,11 +221,17 @@ class Trainer:
 
     def __post_init__(self):
         self.steps = num_batches(self.train_images.shape[0], self.batch_size)
-        step = make_train_step(self.model, self.optimizer, self.batch_size)
+        self.batch_sharding, self.replicated = data_parallel_shardings(self.batch_size)
+        self.train_images, self.test_images = self.place(self.train_images), self.place(self.test_images)
+        step = make_train_step(self.model, self.optimizer, self.batch_size, self.batch_sharding)
         # The state is donated: updated in place, never copied.
         self.train_step = jax.jit(step, donate_argnums=(0,))
         self.train_scan = jax.jit(make_epoch_scan(step, self.steps), donate_argnums=(0,))
         self.eval_step = make_eval_step(self.model)
+
+    def place(self, tree):
+        """On one device: as it is. On several: a copy on every device (data parallelism)."""
+        return tree if self.replicated is None else jax.device_put(tree, self.replicated)
 
     def train_epoch(self, state: TrainState, after_step: Callable[[TrainState], bool] = lambda state: False
                     ) -> TrainState:
@@ -322,6 +345,7 @@ def train(config: Config, dataset: Dataset | None = None, log: Callable[[str], N
     state, history = init_state(model, optimizer, keys, trainer.steps), []
     if config.resume:
         state, history = checkpoint.restore_state(workdir, config, state, log)
+    state = trainer.place(state)
     checkpoint.write_metrics(workdir, history)
     observer.start_run(model, dataset)
 

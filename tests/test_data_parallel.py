@@ -1,0 +1,61 @@
+"""Data parallelism over several devices, on 8 CPU devices forced by XLA_FLAGS (in subprocesses:
+the flag must be set before JAX starts)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from conftest import ROOT, run_cli
+
+EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+FLAGS = ["--model", "dense_ae", "--limit", "1024", "--batch_size", "64", "--epochs", "2",
+         "--no-tensorboard", "--no-plot_latent"]
+
+
+def train_in(workdir, env=None):
+    result = run_cli(*FLAGS, "--workdir", str(workdir), env=env)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_eight_devices_match_one_and_repeat_bitwise(tmp_path):
+    single = train_in(tmp_path / "one")
+    first = train_in(tmp_path / "eight_a", EIGHT_DEVICES)
+    train_in(tmp_path / "eight_b", EIGHT_DEVICES)
+    assert "cpu:7" in first.stdout and "cpu:1" not in single.stdout
+    read = lambda name: (tmp_path / name / "params.msgpack").read_bytes()  # noqa: E731
+    assert read("eight_a") == read("eight_b")
+    metrics = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+               for name in ("one", "eight_a")}
+    for one, eight in zip(metrics["one"], metrics["eight_a"], strict=True):
+        for split in ("train", "test"):
+            np.testing.assert_allclose(eight[split]["loss"], one[split]["loss"], rtol=1e-4)
+
+
+def test_the_batch_is_split_and_gradients_all_reduced():
+    code = """
+import jax, optax
+from vaejax.data import load_bundled_mnist
+from vaejax.models import build_model
+from vaejax.training import Trainer, init_state, seed_keys, epoch_keys
+d = load_bundled_mnist(); model = build_model("dense_ae", 2); opt = optax.adam(1e-3); keys = seed_keys(0)
+t = Trainer(model, opt, 64, d.train_images[:256], d.test_images[:100], keys.eval)
+state = t.place(init_state(model, opt, keys, t.steps))
+_, shuffle, root = epoch_keys(state.rng)
+order = jax.random.permutation(shuffle, 256)
+hlo = t.train_step.lower(state, t.train_images, order, root).compile().as_text()
+print(len(jax.devices()), tuple(t.batch_sharding.spec), "all-reduce" in hlo)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                            env={**os.environ, **EIGHT_DEVICES}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["8", "('data',)", "True"]
+
+
+def test_batch_must_divide_over_the_devices(tmp_path):
+    result = run_cli("--model", "dense_ae", "--batch_size", "60", "--workdir", str(tmp_path / "run"),
+                     env=EIGHT_DEVICES)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "--batch_size 60 does not divide evenly over 8 devices" in result.stderr
