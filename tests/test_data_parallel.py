@@ -25,6 +25,7 @@ def test_eight_devices_match_one_and_repeat_bitwise(tmp_path):
     first = train_in(tmp_path / "eight_a", EIGHT_DEVICES)
     train_in(tmp_path / "eight_b", EIGHT_DEVICES)
     assert "cpu:7" in first.stdout and "cpu:1" not in single.stdout
+    assert "each batch of 64 split over 8 devices" in first.stdout
     read = lambda name: (tmp_path / name / "params.msgpack").read_bytes()  # noqa: E731
     assert read("eight_a") == read("eight_b")
     metrics = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]

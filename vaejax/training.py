@@ -346,6 +346,8 @@ def train(config: Config, dataset: Dataset | None = None, log: Callable[[str], N
     if config.resume:
         state, history = checkpoint.restore_state(workdir, config, state, log)
     state = trainer.place(state)
+    if trainer.batch_sharding is not None:
+        log(f"data parallel: each batch of {config.batch_size} split over {len(jax.local_devices())} devices")
     checkpoint.write_metrics(workdir, history)
     observer.start_run(model, dataset)
 
