@@ -214,7 +214,7 @@ class Trainer:
     model: AutoEncoder
     optimizer: optax.GradientTransformation
     batch_size: int
-    train_images: jax.Array
+    train_images: jax.Array  # host or device arrays; __post_init__ places them
     test_images: jax.Array
     eval_key: jax.Array
     loop: str = "step"  # "step": one compiled call per step; "scan": one per epoch
@@ -230,8 +230,8 @@ class Trainer:
         self.eval_step = make_eval_step(self.model)
 
     def place(self, tree):
-        """On one device: as it is. On several: a copy on every device (data parallelism)."""
-        return tree if self.replicated is None else jax.device_put(tree, self.replicated)
+        """On the default device, or a copy on every device when several (data parallelism)."""
+        return jax.device_put(tree, self.replicated)
 
     def train_epoch(self, state: TrainState, after_step: Callable[[TrainState], bool] = lambda state: False
                     ) -> TrainState:
@@ -339,7 +339,7 @@ def train(config: Config, dataset: Dataset | None = None, log: Callable[[str], N
     keys = seed_keys(config.seed)
     trainer = Trainer(
         model, optimizer, config.batch_size,
-        jax.device_put(dataset.train_images), jax.device_put(dataset.test_images), keys.eval,
+        dataset.train_images, dataset.test_images, keys.eval,  # the Trainer places them
         loop=choose_loop(config.loop, config.model, jax.default_backend()),
     )
     state, history = init_state(model, optimizer, keys, trainer.steps), []
