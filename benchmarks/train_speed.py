@@ -28,7 +28,7 @@ import optax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.peers import torch_autoencoders as peer  # noqa: E402
 from vaejax.config import MODEL_DEFAULTS  # noqa: E402
-from vaejax.data import load_bundled_mnist  # noqa: E402
+from vaejax.data import Dataset, load_bundled_mnist  # noqa: E402
 from vaejax.losses import loss_terms  # noqa: E402
 from vaejax.models import build_model, count_params, images_to_float, init_params  # noqa: E402
 from vaejax.training import Trainer, choose_loop, init_state, num_batches, seed_keys, zero_sums  # noqa: E402
@@ -63,7 +63,7 @@ def _reorder(outputs, images):
     return logits, images, mean, std
 
 
-def time_vaejax(name: str, images: np.ndarray, steps: int, repeats: int) -> dict:
+def time_vaejax(name: str, dataset: Dataset, steps: int, repeats: int) -> dict:
     settings = MODEL_DEFAULTS[name]
     batch = settings["batch_size"]
     model = build_model(name, 2)
@@ -71,8 +71,7 @@ def time_vaejax(name: str, images: np.ndarray, steps: int, repeats: int) -> dict
     keys = seed_keys(0)
     loop = choose_loop("auto", name, jax.default_backend())
     # A training set of exactly `steps` batches: one "epoch" is the timed window, in either loop.
-    trainer = Trainer(model, optimizer, batch, jax.device_put(images[: steps * batch]),
-                      jax.device_put(images[:batch]), keys.eval, loop=loop)
+    trainer = Trainer(model, optimizer, batch, dataset.limited(steps * batch), keys.eval, loop=loop)
     state = init_state(model, optimizer, keys, trainer.steps)
 
     def window(state):
@@ -128,7 +127,7 @@ def time_torch(name: str, images: np.ndarray, steps: int, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODEL_DEFAULTS))
+    parser.add_argument("--models", nargs="+", default=["conv_vae", "dense_ae"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=f"benchmarks/results/train_speed-{jax.default_backend()}.json")
     args = parser.parse_args()
@@ -138,7 +137,7 @@ def main() -> None:
                "jax": jax.__version__, "machine": platform.processor() or platform.machine(), "models": {}}
     for name in args.models:
         steps, batch = WINDOW_STEPS[name], MODEL_DEFAULTS[name]["batch_size"]
-        ours = time_vaejax(name, mnist.train_images, steps, args.repeats)
+        ours = time_vaejax(name, mnist, steps, args.repeats)
         theirs = time_torch(name, mnist.train_images, steps, args.repeats)
         epoch_steps = num_batches(len(mnist.train_images), batch)
         results["models"][name] = {

@@ -42,11 +42,11 @@ from vaejax.data import load_bundled_mnist
 from vaejax.models import build_model
 from vaejax.training import Trainer, init_state, seed_keys, epoch_keys
 d = load_bundled_mnist(); model = build_model("dense_ae", 2); opt = optax.adam(1e-3); keys = seed_keys(0)
-t = Trainer(model, opt, 64, d.train_images[:256], d.test_images[:100], keys.eval)
+t = Trainer(model, opt, 64, d.limited(256), keys.eval)
 state = t.place(init_state(model, opt, keys, t.steps))
 _, shuffle, root = epoch_keys(state.rng)
 order = jax.random.permutation(shuffle, 256)
-hlo = t.train_step.lower(state, t.train_images, order, root).compile().as_text()
+hlo = t.train_step.lower(state, *t.train_data, order, root).compile().as_text()
 print(len(jax.devices()), tuple(t.batch_sharding.spec), "all-reduce" in hlo)
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,

@@ -93,8 +93,7 @@ def test_last_partial_batch_is_used_and_compiled_once(small_mnist):
     model = build_model("dense_ae", 2)
     optimizer = optax.adam(1e-3)
     keys = seed_keys(0)
-    trainer = Trainer(model, optimizer, 100, jax.device_put(small_mnist.train_images),
-                      jax.device_put(small_mnist.test_images), keys.eval)
+    trainer = Trainer(model, optimizer, 100, small_mnist, keys.eval)
     state = init_state(model, optimizer, keys, trainer.steps)
     for _ in range(2):
         state = trainer.train_epoch(state).replace(step=jnp.int32(0))

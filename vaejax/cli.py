@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the seed autoencoders (conv_vae: seed 000, dense_ae: seed 003) with JAX.",
     )
     add = parser.add_argument
-    add("--model", default="conv_vae", help=f"architecture: {' or '.join(MODELS)} (default: conv_vae)")
+    add("--model", default="conv_vae",
+        help=f"architecture: {', '.join(MODELS)} (default: conv_vae; conv_cvae: conv_vae conditioned on the class)")
     add("--dataset", default="mnist",
         help="mnist (bundled, the default), or a 28x28 grayscale TFDS name such as fashion_mnist or kmnist")
     add("--data_dir", default=None,
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--plot_latent", action=argparse.BooleanOptionalAction, default=None,
         help="draw the latent scatter and grid (default: on when latent_dim is 2)")
     add("--limit", type=int, default=None, help="use only the first N training images (quick runs)")
+    add("--binarize", default="none",
+        help="none (default): train on grey levels; dynamic: each step draws binary pixels with probability "
+             "equal to the intensity, and the test set is binarized once (for NLLs comparable with papers)")
     add("--loop", default="auto",
         help="step: one compiled call per step; scan: one per epoch; auto (default): the faster measured")
     add("--tensorboard", action=argparse.BooleanOptionalAction, default=True,

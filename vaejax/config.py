@@ -10,12 +10,14 @@ from dataclasses import dataclass
 
 from vaejax.errors import VaejaxError
 
-MODELS = ("conv_vae", "dense_ae")
+MODELS = ("conv_vae", "conv_cvae", "dense_ae")
+BINARIZATIONS = ("none", "dynamic")
 LOOPS = ("auto", "step", "scan")
 
 # The seeds' settings: seed 000 (TF1 conv VAE) and seed 003 (Keras dense AE, Keras' default batch).
 MODEL_DEFAULTS = {
     "conv_vae": {"epochs": 20, "batch_size": 128, "learning_rate": 5e-4},
+    "conv_cvae": {"epochs": 20, "batch_size": 128, "learning_rate": 5e-4},
     "dense_ae": {"epochs": 10, "batch_size": 32, "learning_rate": 1e-3},
 }
 
@@ -23,7 +25,7 @@ MODEL_DEFAULTS = {
 # out on purpose: resuming with a larger --epochs continues the same run.
 RESULT_FIELDS = (
     "model", "dataset", "data_dir", "latent_dim", "inputs_decoder", "batch_size",
-    "learning_rate", "seed", "limit", "loop",
+    "learning_rate", "seed", "limit", "loop", "binarize",
 )
 
 
@@ -49,6 +51,7 @@ class Config:
     deterministic: bool = False
     loop: str = "auto"
     tensorboard: bool = True
+    binarize: str = "none"
 
     def resolved(self) -> Config:
         """Fill model defaults and the default work directory, then validate."""
@@ -87,6 +90,10 @@ class Config:
         )
         _require(not (self.resume and self.overwrite), "--resume and --overwrite exclude each other")
         _require(self.loop in LOOPS, f"--loop must be one of {', '.join(LOOPS)}, got {self.loop!r}")
+        _require(
+            self.binarize in BINARIZATIONS,
+            f"--binarize must be one of {', '.join(BINARIZATIONS)}, got {self.binarize!r}",
+        )
 
     def result_dict(self) -> dict:
         """The options that determine the trained parameters."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from statistics import NormalDist
 
 import jax
+import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
@@ -54,9 +55,25 @@ class RunFigures:
         self.model, self.dataset, self.latent_dim = model, dataset, latent_dim
         self.shown = slice(0, test_image_number)
         self.plot_latent = plot_latent
-        self.prior_z = jax.random.normal(sample_key, (SAMPLE_GRID**2, latent_dim)) if model.variational else None
-        self.to_pixels = jax.jit(lambda params, z: jax.nn.sigmoid(decode(model, params, z)))
-        self.to_means = jax.jit(lambda params, images: encode(model, params, images_to_float(images))[0])
+        self.prior_z, self.sample_labels, self.sample_shape = None, None, (SAMPLE_GRID, SAMPLE_GRID)
+        if model.variational:
+            self.prior_z = jax.random.normal(sample_key, (SAMPLE_GRID**2, latent_dim))
+        if model.conditional:  # one column per class, one row per z: the rows show style, the columns class
+            rows, classes = SAMPLE_GRID, model.num_classes
+            self.prior_z = jnp.repeat(self.prior_z[:rows], classes, axis=0)
+            self.sample_labels = jnp.tile(jnp.arange(classes), rows)
+            self.sample_shape = (rows, classes)
+        self.to_pixels = jax.jit(lambda params, z, labels=None: jax.nn.sigmoid(decode(model, params, z, labels)))
+        self.to_means = jax.jit(
+            lambda params, images, labels: encode(model, params, images_to_float(images), labels)[0]
+        )
+
+    def test_means(self, params, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Latent means of many images, encoded in batches."""
+        return np.concatenate([
+            np.asarray(self.to_means(params, images[start:start + ENCODE_BATCH], labels[start:start + ENCODE_BATCH]))
+            for start in range(0, len(images), ENCODE_BATCH)
+        ])
 
     def write_epoch(self, epoch: int, params, history: list[dict]) -> EpochImages:
         """All figures of `epoch` (its number in the file names), drawn with `params`, and the
@@ -65,28 +82,31 @@ class RunFigures:
         save_figure(plot_learning_curves(history, self.model.variational), self.folder / "learning_curves.png")
         dataset = self.dataset
         images = dataset.test_images[self.shown]
-        reconstructions = np.asarray(self.to_pixels(params, self.to_means(params, images)))
-        titles = [dataset.class_names[label] for label in dataset.test_labels[self.shown]]
+        labels = dataset.test_labels[self.shown]
+        reconstructions = np.asarray(self.to_pixels(params, self.to_means(params, images, labels), labels))
+        titles = [dataset.class_names[label] for label in labels]
         self.save(plot_reconstructions(images, reconstructions, titles), "reconstructions", epoch)
         samples = None
         if self.prior_z is not None:
-            samples = np.asarray(self.to_pixels(params, self.prior_z))
-            self.save(plot_samples(samples), "samples", epoch)
+            samples = np.asarray(self.to_pixels(params, self.prior_z, self.sample_labels))
+            column_titles = self.dataset.class_names if self.model.conditional else None
+            self.save(plot_samples(samples, self.sample_shape, column_titles), "samples", epoch)
         if self.plot_latent:
             self.write_latent(epoch, params)
         return EpochImages(
             tile(np.concatenate([images.reshape(len(images), -1) / 255.0, reconstructions]), 2, len(images)),
-            None if samples is None else tile(samples, SAMPLE_GRID, SAMPLE_GRID),
+            None if samples is None else tile(samples, *self.sample_shape),
         )
 
     def write_latent(self, epoch: int, params) -> None:
-        means = np.concatenate([
-            np.asarray(self.to_means(params, self.dataset.test_images[start:start + ENCODE_BATCH]))
-            for start in range(0, len(self.dataset.test_images), ENCODE_BATCH)
-        ])
         labels, names = self.dataset.test_labels, self.dataset.class_names
-        if self.latent_dim != 2:
+        means = self.test_means(params, self.dataset.test_images, labels)
+        if self.latent_dim != 2 or self.model.conditional:
+            # A conditional decoder needs a class for every grid point: only the scatter is drawn,
+            # and it shows how little of the class the code carries.
             coords, title = project_2d(means)
+            if self.model.conditional:
+                title += " (class given to encoder and decoder)"
             self.save(plot_latent_scatter(coords, labels, names, title), "latent", epoch)
             return
         if self.model.variational:
@@ -135,6 +155,8 @@ def tile(pixels: np.ndarray, rows: int, columns: int) -> np.ndarray:
 
 def project_2d(means: np.ndarray) -> tuple[np.ndarray, str]:
     """Latent means as 2-d points: themselves, against nothing (1-d), or their first two PCs."""
+    if means.shape[1] == 2:
+        return means, "Latent means of the test set"
     if means.shape[1] == 1:
         return np.concatenate([means, np.zeros_like(means)], axis=1), "Latent means of the test set (1-d)"
     centered = means - means.mean(axis=0)
@@ -163,12 +185,18 @@ def plot_reconstructions(images: np.ndarray, reconstructions: np.ndarray, titles
     return fig
 
 
-def plot_samples(pixels: np.ndarray):
-    side = int(round(len(pixels) ** 0.5))
-    fig, axis = plt.subplots(figsize=(5, 5.4))
-    axis.imshow(tile(pixels, side, side), cmap="gray", vmin=0, vmax=1)
-    axis.set_title("Samples decoded from z ~ N(0, I)")
-    axis.axis("off")
+def plot_samples(pixels: np.ndarray, shape: tuple[int, int], column_titles=None):
+    """Prior samples tiled `shape`; a conditional model's columns are titled with their class."""
+    rows, columns = shape
+    fig, axis = plt.subplots(figsize=(5 * columns / rows, 5.4))
+    axis.imshow(tile(pixels, rows, columns), cmap="gray", vmin=0, vmax=1)
+    axis.set_title("Samples decoded from z ~ N(0, I)" + (", one row per z" if column_titles else ""))
+    if column_titles:
+        axis.set_xticks([IMAGE_SIDE * (column + 0.5) for column in range(columns)], column_titles, fontsize=7)
+        axis.set_yticks([])
+        axis.tick_params(length=0)
+    else:
+        axis.axis("off")
     fig.tight_layout()
     return fig
 

@@ -3,6 +3,9 @@
 Every model maps float images in [0, 1] of shape (B, 28, 28, 1) to pixel *logits* of shape (B, 784):
 the loss takes logits (stable BCE) and a sigmoid is applied only to draw pictures. Encoders return
 `(latent_mean, latent_std)`; a plain autoencoder has no std and returns `None` there.
+
+A conditional model (`conv_cvae`) also takes class labels: their one-hot vector is joined to the
+encoder's dense input and to the decoder's input, so the decoder can be asked for a given class.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
-from vaejax.data import IMAGE_PIXELS, IMAGE_SIDE
+from vaejax.data import IMAGE_PIXELS, IMAGE_SIDE, NUM_CLASSES
 
 # TF1's tf.layers and Keras both initialise kernels glorot-uniform with zero biases; matching them
 # keeps the comparison with the seeds' figures fair (Flax's own default is lecun-normal).
@@ -38,6 +42,27 @@ def images_to_float(images_uint8: jax.Array) -> jax.Array:
     return (jnp.asarray(images_uint8).astype(jnp.float32) / 255.0)[..., None]
 
 
+# Dynamically binarized MNIST's test set is binarized once, with this key for every run, so that
+# evaluations of different runs and seeds see the same binary images.
+TEST_BINARIZATION_SEED = 0
+
+
+def binarize_pixels(key: jax.Array, images: jax.Array) -> jax.Array:
+    """Stochastic binarization: each pixel becomes 1 with probability equal to its intensity."""
+    return jax.random.bernoulli(key, images).astype(images.dtype)
+
+
+def binarized_test_images(images_uint8) -> np.ndarray:
+    """A fixed binarization of uint8 images, as uint8 0/255 (so it flows through the uint8 pipeline)."""
+    pixels = binarize_pixels(jax.random.key(TEST_BINARIZATION_SEED), jnp.asarray(images_uint8, jnp.float32) / 255.0)
+    return np.asarray(pixels, np.uint8) * np.uint8(255)
+
+
+def join_condition(features: jax.Array, condition: jax.Array | None) -> jax.Array:
+    """Append the one-hot class vector to flat features, when the model is conditional."""
+    return features if condition is None else jnp.concatenate([features, condition], axis=-1)
+
+
 def reparameterize(key: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
     """z = mean + std * eps with eps ~ N(0, I) drawn from an explicit key."""
     return mean + std * jax.random.normal(key, mean.shape, mean.dtype)
@@ -50,11 +75,11 @@ class ConvEncoder(nn.Module):
     variational: ClassVar[bool] = True
 
     @nn.compact
-    def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, images: jax.Array, condition: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         x = images
         for stride in (2, 2, 1):
             x = nn.relu(conv(64, stride)(x))
-        x = x.reshape((x.shape[0], -1))
+        x = join_condition(x.reshape((x.shape[0], -1)), condition)
         mean = dense(self.latent_dim, name="mean")(x)
         std = nn.softplus(dense(self.latent_dim, name="std")(x))  # softplus keeps std > 0
         return mean, std
@@ -66,9 +91,9 @@ class ConvDecoder(nn.Module):
     inputs_decoder: int
 
     @nn.compact
-    def __call__(self, z: jax.Array) -> jax.Array:
+    def __call__(self, z: jax.Array, condition: jax.Array | None = None) -> jax.Array:
         side = math.isqrt(self.inputs_decoder)
-        x = z
+        x = join_condition(z, condition)
         for _ in range(2):
             x = nn.relu(dense(self.inputs_decoder)(x))
         x = x.reshape((x.shape[0], side, side, 1))
@@ -86,8 +111,8 @@ class DenseEncoder(nn.Module):
     variational: ClassVar[bool] = False
 
     @nn.compact
-    def __call__(self, images: jax.Array) -> tuple[jax.Array, None]:
-        x = images.reshape((images.shape[0], -1))
+    def __call__(self, images: jax.Array, condition: jax.Array | None = None) -> tuple[jax.Array, None]:
+        x = join_condition(images.reshape((images.shape[0], -1)), condition)
         x = nn.relu(dense(32)(x))
         return nn.relu(dense(self.latent_dim)(x)), None
 
@@ -96,41 +121,58 @@ class DenseDecoder(nn.Module):
     """Seed 003: latent -> 32 (ReLU) -> 784 (logits; the seed's sigmoid lives in the loss)."""
 
     @nn.compact
-    def __call__(self, z: jax.Array) -> jax.Array:
-        hidden = nn.relu(dense(32)(z))
+    def __call__(self, z: jax.Array, condition: jax.Array | None = None) -> jax.Array:
+        hidden = nn.relu(dense(32)(join_condition(z, condition)))
         return dense(IMAGE_PIXELS)(hidden)
 
 
 class AutoEncoder(nn.Module):
     """An encoder and a decoder; variational when the encoder returns a std.
 
-    `__call__(images, key)` returns `(logits, mean, std)`: for a VAE the decoder sees a sample drawn
-    with `key`, for a plain autoencoder it sees the code itself and `key` is unused.
+    `__call__(images, key, labels)` returns `(logits, mean, std)`: for a VAE the decoder sees a sample
+    drawn with `key`, for a plain autoencoder it sees the code itself and `key` is unused. With
+    `num_classes` > 0 the model is conditional and `labels` (integers, (B,)) are required; otherwise
+    they are ignored.
     """
 
     encoder: nn.Module
     decoder: nn.Module
+    num_classes: int = 0
 
-    def __call__(self, images: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array | None]:
-        mean, std = self.encoder(images)
+    def __call__(self, images: jax.Array, key: jax.Array, labels: jax.Array | None = None
+                 ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+        mean, std = self.encode(images, labels)
         z = mean if std is None else reparameterize(key, mean, std)
-        return self.decoder(z), mean, std
+        return self.decode(z, labels), mean, std
 
     @property
     def variational(self) -> bool:
         return self.encoder.variational
 
-    def encode(self, images: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-        return self.encoder(images)
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
 
-    def decode(self, z: jax.Array) -> jax.Array:
-        return self.decoder(z)
+    def condition(self, labels: jax.Array | None) -> jax.Array | None:
+        if not self.conditional:
+            return None
+        if labels is None:
+            raise ValueError("a conditional model needs class labels")
+        return jax.nn.one_hot(labels, self.num_classes)
+
+    def encode(self, images: jax.Array, labels: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
+        return self.encoder(images, self.condition(labels))
+
+    def decode(self, z: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+        return self.decoder(z, self.condition(labels))
 
 
 def build_model(name: str, latent_dim: int, inputs_decoder: int = 49) -> AutoEncoder:
-    """`conv_vae` (seed 000) or `dense_ae` (seed 003)."""
+    """`conv_vae` (seed 000), `conv_cvae` (seed 000 conditioned on the class) or `dense_ae` (seed 003)."""
     if name == "conv_vae":
         return AutoEncoder(ConvEncoder(latent_dim), ConvDecoder(inputs_decoder))
+    if name == "conv_cvae":
+        return AutoEncoder(ConvEncoder(latent_dim), ConvDecoder(inputs_decoder), num_classes=NUM_CLASSES)
     if name == "dense_ae":
         return AutoEncoder(DenseEncoder(latent_dim), DenseDecoder())
     raise ValueError(f"unknown model {name!r}")
@@ -140,18 +182,21 @@ def init_params(model: AutoEncoder, key: jax.Array) -> dict:
     """Initialise every parameter from `key` (the decoder is reached through `__call__`)."""
     params_key, sample_key = jax.random.split(key)
     images = jnp.zeros((1, IMAGE_SIDE, IMAGE_SIDE, 1), jnp.float32)
-    return model.init(params_key, images, sample_key)["params"]
+    return model.init(params_key, images, sample_key, jnp.zeros((1,), jnp.int32))["params"]
 
 
 def count_params(params) -> int:
     return sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
 
 
-def encode(model: AutoEncoder, params, images: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-    """Float images (B, 28, 28, 1) in [0, 1] -> latent (mean, std); std is None for a plain AE."""
-    return model.apply({"params": params}, images, method=AutoEncoder.encode)
+def encode(model: AutoEncoder, params, images: jax.Array, labels: jax.Array | None = None
+           ) -> tuple[jax.Array, jax.Array | None]:
+    """Float images (B, 28, 28, 1) in [0, 1] -> latent (mean, std); std is None for a plain AE.
+    `labels` (B,) are needed by a conditional model only."""
+    return model.apply({"params": params}, images, labels, method=AutoEncoder.encode)
 
 
-def decode(model: AutoEncoder, params, z: jax.Array) -> jax.Array:
-    """Latent points (B, latent_dim) -> pixel logits (B, 784); apply a sigmoid to draw them."""
-    return model.apply({"params": params}, z, method=AutoEncoder.decode)
+def decode(model: AutoEncoder, params, z: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+    """Latent points (B, latent_dim) -> pixel logits (B, 784); apply a sigmoid to draw them.
+    `labels` (B,) choose the class of a conditional model's images."""
+    return model.apply({"params": params}, z, labels, method=AutoEncoder.decode)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import linen as nn
 
-from vaejax.data import IMAGE_SIDE
-from vaejax.models import AutoEncoder, count_params
+from vaejax.models import AutoEncoder, count_params, init_params
 
 
 def model_summary(model: AutoEncoder, name: str) -> str:
@@ -24,9 +22,8 @@ def model_summary(model: AutoEncoder, name: str) -> str:
         return output
 
     def initialise():
-        images = jnp.zeros((1, IMAGE_SIDE, IMAGE_SIDE, 1), jnp.float32)
         with nn.intercept_methods(record):
-            return model.init(jax.random.key(0), images, jax.random.key(1))
+            return init_params(model, jax.random.key(0))
 
     jax.eval_shape(initialise)
     lines = [f'Model: "{name}"', f"{'Layer (type)':<42}{'Output Shape':<24}{'Param #':>12}", "=" * 78]

@@ -26,7 +26,7 @@ from vaejax.config import Config
 from vaejax.data import IMAGE_PIXELS, Dataset, load_dataset
 from vaejax.errors import TrainingInterrupted, VaejaxError
 from vaejax.losses import loss_terms
-from vaejax.models import AutoEncoder, build_model, images_to_float, init_params
+from vaejax.models import AutoEncoder, binarize_pixels, binarized_test_images, build_model, images_to_float, init_params
 
 EVAL_BATCH_SIZE = 1000
 METRIC_NAMES = ("loss", "bce", "kl")
@@ -79,9 +79,14 @@ def batch_indices(order: jax.Array, step: jax.Array, batch_size: int) -> tuple[j
     return order[jnp.minimum(positions, count - 1)], weights
 
 
-def batch_loss(model: AutoEncoder, params, images_uint8, weights, key) -> tuple[jax.Array, dict]:
+def batch_loss(model: AutoEncoder, params, images_uint8, labels, weights, key, binarize: bool = False
+               ) -> tuple[jax.Array, dict]:
+    """The weighted batch loss and its terms; with `binarize`, pixels are first drawn as Bernoulli(intensity)."""
     images = images_to_float(images_uint8)
-    logits, mean, std = model.apply({"params": params}, images, key)
+    if binarize:
+        binarize_key, key = jax.random.split(key)
+        images = binarize_pixels(binarize_key, images)
+    logits, mean, std = model.apply({"params": params}, images, key, labels)
     terms = loss_terms(logits, images.reshape(-1, IMAGE_PIXELS), mean, std, weights)
     return terms["loss"], terms
 
@@ -112,23 +117,24 @@ def accumulate(sums: dict, terms: dict, weights: jax.Array, step: jax.Array) -> 
 
 
 def make_train_step(model: AutoEncoder, optimizer: optax.GradientTransformation, batch_size: int,
-                    batch_sharding: NamedSharding | None = None):
-    """The pure (state, images, order, step_key) -> state training step; it runs step `state.step`.
+                    batch_sharding: NamedSharding | None = None, binarize: bool = False):
+    """The pure (state, images, labels, order, step_key) -> state training step; it runs step `state.step`.
 
     The batch is gathered on device from the uint8 training set by the shuffled `order`, so nothing
-    crosses to the host per step. With `batch_sharding` the batch is split over the devices and
+    crosses to the host per step. With `binarize` each step draws a fresh binarization of its batch
+    (dynamic binarization). With `batch_sharding` the batch is split over the devices and
     XLA adds the gradient all-reduce (params and state stay replicated).
     """
 
-    def train_step(state: TrainState, train_images, order, step_root) -> TrainState:
+    def train_step(state: TrainState, train_images, train_labels, order, step_root) -> TrainState:
         step = state.step
         indices, weights = batch_indices(order, step, batch_size)
-        images = train_images[indices]
+        images, labels = train_images[indices], train_labels[indices]
         if batch_sharding is not None:
-            images, weights = jax.lax.with_sharding_constraint((images, weights), batch_sharding)
+            images, labels, weights = jax.lax.with_sharding_constraint((images, labels, weights), batch_sharding)
         key = jax.random.fold_in(step_root, step)
         grads, terms = jax.grad(
-            lambda params: batch_loss(model, params, images, weights, key),
+            lambda params: batch_loss(model, params, images, labels, weights, key, binarize),
             has_aux=True,
         )(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -143,9 +149,9 @@ def make_train_step(model: AutoEncoder, optimizer: optax.GradientTransformation,
 def make_epoch_scan(train_step, steps: int):
     """The same step `steps` times inside one compiled `lax.scan`: one dispatch per epoch."""
 
-    def train_epoch(state: TrainState, train_images, order, step_root) -> TrainState:
+    def train_epoch(state: TrainState, train_images, train_labels, order, step_root) -> TrainState:
         def body(carry, _):
-            return train_step(carry, train_images, order, step_root), None
+            return train_step(carry, train_images, train_labels, order, step_root), None
 
         return jax.lax.scan(body, state, length=steps)[0]
 
@@ -167,13 +173,13 @@ def choose_loop(loop: str, model_name: str, backend: str) -> str:
 
 
 def make_eval_step(model: AutoEncoder):
-    """A compiled (params, sums, images, batch, key) -> sums step over the test set in order."""
+    """A compiled (params, sums, images, labels, batch, key) -> sums step over the test set in order."""
 
-    def eval_step(params, sums: dict, test_images, batch, eval_key):
+    def eval_step(params, sums: dict, test_images, test_labels, batch, eval_key):
         order = jnp.arange(test_images.shape[0])
         indices, weights = batch_indices(order, batch, EVAL_BATCH_SIZE)
         key = jax.random.fold_in(eval_key, batch)
-        _, terms = batch_loss(model, params, test_images[indices], weights, key)
+        _, terms = batch_loss(model, params, test_images[indices], test_labels[indices], weights, key)
         return accumulate(sums, terms, weights, batch)
 
     return jax.jit(eval_step, donate_argnums=(1,))
@@ -209,21 +215,29 @@ def data_parallel_shardings(batch_size: int) -> tuple[NamedSharding | None, Name
 
 @dataclass
 class Trainer:
-    """The compiled steps of one run and the device-resident data they read."""
+    """The compiled steps of one run and the device-resident data they read.
+
+    With `binarize`, training batches are binarized afresh each step; the test set is binarized
+    once, the same way for every run (`binarized_test_images`), so evaluations compare.
+    """
 
     model: AutoEncoder
     optimizer: optax.GradientTransformation
     batch_size: int
-    train_images: jax.Array  # host or device arrays; __post_init__ places them
-    test_images: jax.Array
+    dataset: Dataset  # host arrays; __post_init__ places them on the device(s)
     eval_key: jax.Array
     loop: str = "step"  # "step": one compiled call per step; "scan": one per epoch
+    binarize: bool = False
 
     def __post_init__(self):
-        self.steps = num_batches(self.train_images.shape[0], self.batch_size)
+        self.steps = num_batches(self.dataset.train_images.shape[0], self.batch_size)
         self.batch_sharding, self.replicated = data_parallel_shardings(self.batch_size)
-        self.train_images, self.test_images = self.place(self.train_images), self.place(self.test_images)
-        step = make_train_step(self.model, self.optimizer, self.batch_size, self.batch_sharding)
+        test_images = self.dataset.test_images
+        if self.binarize:
+            test_images = binarized_test_images(test_images)
+        self.train_data = self.place((self.dataset.train_images, self.dataset.train_labels))
+        self.test_data = self.place((test_images, self.dataset.test_labels))
+        step = make_train_step(self.model, self.optimizer, self.batch_size, self.batch_sharding, self.binarize)
         # The state is donated: updated in place, never copied.
         self.train_step = jax.jit(step, donate_argnums=(0,))
         self.train_scan = jax.jit(make_epoch_scan(step, self.steps), donate_argnums=(0,))
@@ -237,20 +251,20 @@ class Trainer:
                     ) -> TrainState:
         """Run the rest of the current epoch, or until `after_step(state)` returns True (stop)."""
         _, shuffle_key, step_root = epoch_keys(state.rng)
-        order = jax.random.permutation(shuffle_key, self.train_images.shape[0])
+        order = jax.random.permutation(shuffle_key, self.dataset.train_images.shape[0])
         done = int(state.step)
         if self.loop == "scan" and done == 0:
-            return self.train_scan(state, self.train_images, order, step_root)
+            return self.train_scan(state, *self.train_data, order, step_root)
         for _ in range(done, self.steps):  # also finishes a scan epoch that was resumed mid-way
-            state = self.train_step(state, self.train_images, order, step_root)
+            state = self.train_step(state, *self.train_data, order, step_root)
             if after_step(state):
                 break
         return state
 
     def evaluate(self, params) -> dict[str, float]:
         sums = zero_sums()
-        for batch in range(num_batches(self.test_images.shape[0], EVAL_BATCH_SIZE)):
-            sums = self.eval_step(params, sums, self.test_images, jnp.int32(batch), self.eval_key)
+        for batch in range(num_batches(self.dataset.test_images.shape[0], EVAL_BATCH_SIZE)):
+            sums = self.eval_step(params, sums, *self.test_data, jnp.int32(batch), self.eval_key)
         return epoch_means(sums)
 
 
@@ -338,9 +352,9 @@ def train(config: Config, dataset: Dataset | None = None, log: Callable[[str], N
     optimizer = optax.adam(config.learning_rate)
     keys = seed_keys(config.seed)
     trainer = Trainer(
-        model, optimizer, config.batch_size,
-        dataset.train_images, dataset.test_images, keys.eval,  # the Trainer places them
+        model, optimizer, config.batch_size, dataset, keys.eval,
         loop=choose_loop(config.loop, config.model, jax.default_backend()),
+        binarize=config.binarize == "dynamic",
     )
     state, history = init_state(model, optimizer, keys, trainer.steps), []
     if config.resume:
