@@ -14,20 +14,15 @@ from vaejax.data import (
     load_dataset,
     load_idx_dir,
     load_tfds,
+    write_idx,
 )
 from vaejax.errors import VaejaxError
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    magic = 2051 if array.ndim == 3 else 2049
-    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    return header + array.astype(np.uint8).tobytes()
 
 
 def write_idx_dir(folder: Path, arrays: dict, compress: bool = True) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for key, stem in IDX_FILES.items():
-        raw = idx_bytes(arrays[key])
+        raw = write_idx(np.asarray(arrays[key], np.uint8))
         path = folder / (f"{stem}.gz" if compress else stem)
         path.write_bytes(gzip.compress(raw) if compress else raw)
     return folder

@@ -79,7 +79,7 @@ def test_redraw_reproduces_the_figures_bit_for_bit(conv_run, tmp_path):
 
 def test_redraw_of_an_unfinished_run_is_one_clear_error(tmp_path, capsys):
     assert plot.main(["--workdir", str(tmp_path)]) == 2
-    assert "config.json: unreadable run configuration" in capsys.readouterr().err
+    assert "config.json: unreadable" in capsys.readouterr().err
 
 
 def test_plain_autoencoder_draws_no_samples_and_says_so(dense_run):

@@ -123,7 +123,7 @@ def _check_writable(workdir: Path) -> None:
 def read_run_config(workdir: Path) -> Config:
     """The Config a run in `workdir` was trained with, pointing at `workdir` wherever it was made."""
     path = workdir / CONFIG_FILE
-    saved = _read_json(path) | {"workdir": str(workdir)}
+    saved = read_json(path) | {"workdir": str(workdir)}
     try:
         return Config(**saved).resolved()
     except TypeError as error:
@@ -138,18 +138,23 @@ def read_metrics(workdir: Path) -> list[dict]:
         raise VaejaxError(f"{path}: unreadable metrics ({error})") from None
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A JSON object from `path`; a missing or malformed file ends in one VaejaxError line."""
     try:
         saved = json.loads(path.read_text())
         if not isinstance(saved, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as error:
-        raise VaejaxError(f"{path}: unreadable run configuration ({error})") from None
+        raise VaejaxError(f"{path}: unreadable ({error})") from None
     return saved
 
 
+def write_json(path: Path, record: dict) -> None:
+    atomic_write(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+
+
 def _read_config(path: Path) -> dict:
-    saved = _read_json(path)
+    saved = read_json(path)
     return {name: saved.get(name) for name in Config().result_dict()}
 
 
@@ -258,6 +263,22 @@ def _restore_msgpack(path: Path, data: bytes):
         return serialization.msgpack_restore(data)
     except Exception:  # msgpack raises many types for corrupt input
         raise VaejaxError(f"{path}: corrupt or truncated file") from None
+
+
+def load_finished_run(workdir: Path):
+    """(config, model, params, history) of a finished run in `workdir`."""
+    from vaejax.models import build_model, init_params  # models are needed here only
+
+    config = read_run_config(workdir)
+    params_path = workdir / PARAMS_FILE
+    if not params_path.is_file():
+        raise VaejaxError(f"no {PARAMS_FILE} in {workdir}: the run has not finished")
+    model = build_model(config.model, config.latent_dim, config.inputs_decoder)
+    params = load_params(params_path, init_params(model, jax.random.key(0)))
+    history = read_metrics(workdir)
+    if not history:
+        raise VaejaxError(f"{workdir / METRICS_FILE}: no epochs recorded")
+    return config, model, params, history
 
 
 def save_params(workdir: Path, params) -> None:

@@ -130,6 +130,13 @@ def read_bytes(path: Path) -> bytes:
         raise VaejaxError(f"{path}: corrupt or truncated gzip ({error})") from None
 
 
+def write_idx(array: np.ndarray) -> bytes:
+    """uint8 images (N, 28, 28) or labels (N,) as IDX bytes, the inverse of `parse_idx`."""
+    magic = IMAGES_MAGIC if array.ndim == 3 else LABELS_MAGIC
+    header = magic.to_bytes(4, "big") + b"".join(size.to_bytes(4, "big") for size in array.shape)
+    return header + np.ascontiguousarray(array, np.uint8).tobytes()
+
+
 def parse_idx(raw: bytes, expected_magic: int, path: Path) -> np.ndarray:
     """Parse IDX bytes into uint8 images (N, 28, 28) or labels (N,), validating the header."""
     if len(raw) == 0:

@@ -201,6 +201,35 @@ def plot_samples(pixels: np.ndarray, shape: tuple[int, int], column_titles=None)
     return fig
 
 
+def plot_sample_sheet(pixels: np.ndarray, titles: list[str] | None = None):
+    """Up to 100 generated images in a 10-wide sheet, each titled with its label when there are labels."""
+    columns = 10
+    rows = -(-len(pixels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.9, rows * (1.05 if titles else 0.9)),
+                             squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        axis.axis("off")
+        if index < len(pixels):
+            axis.imshow(pixels[index].reshape(IMAGE_SIDE, IMAGE_SIDE), cmap="gray", vmin=0, vmax=1)
+            if titles:
+                axis.set_title(titles[index], fontsize=7)
+    fig.suptitle("Generated from z ~ N(0, I)" + (" and the label shown" if titles else ""))
+    fig.tight_layout()
+    return fig
+
+
+def plot_interpolations(strips: np.ndarray):
+    """Rows of (pairs, steps, 784) decoded images: each row walks from one test digit's latent mean
+    to another's in equal steps."""
+    pairs, steps, _ = strips.shape
+    fig, axis = plt.subplots(figsize=(steps * 0.8, pairs * 0.8 + 0.5))
+    axis.imshow(tile(strips.reshape(pairs * steps, -1), pairs, steps), cmap="gray", vmin=0, vmax=1)
+    axis.set_title("Latent interpolation between pairs of test digits (ends: their reconstructions)")
+    axis.axis("off")
+    fig.tight_layout()
+    return fig
+
+
 def scatter_by_class(axis, coords: np.ndarray, labels: np.ndarray, class_names) -> None:
     """One colour of matplotlib's 10-colour palette per class, with a legend of the class names."""
     palette = plt.get_cmap("tab10")

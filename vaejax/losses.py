@@ -1,9 +1,14 @@
-"""The objective as small pure functions: BCE from logits, Gaussian KL, and their batch mean."""
+"""The objective as small pure functions: BCE from logits, Gaussian KL, their batch mean, and the
+importance-weighted bound on the log-likelihood used for evaluation."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
+
+from vaejax.models import reparameterize
 
 
 def bce_from_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -39,3 +44,47 @@ def loss_terms(
     bce_mean = jnp.sum(bce * weights) / count
     kl_mean = jnp.sum(kl * weights) / count
     return {"loss": bce_mean + kl_mean, "bce": bce_mean, "kl": kl_mean}
+
+
+def gaussian_log_density(z: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
+    """log N(z; mean, diag(std^2)), summed over the last axis."""
+    return -0.5 * jnp.sum(((z - mean) / std) ** 2 + 2.0 * jnp.log(std) + jnp.log(2.0 * jnp.pi), axis=-1)
+
+
+def importance_log_weights(
+    decode_logits: Callable[[jax.Array], jax.Array],
+    targets: jax.Array,
+    mean: jax.Array,
+    std: jax.Array,
+    key: jax.Array,
+    samples: int,
+    chunk: int,
+) -> tuple[jax.Array, jax.Array]:
+    """log w = log p(x|z) + log p(z) - log q(z|x) for `samples` draws z ~ q(z|x) per image.
+
+    `decode_logits` maps latents (N, d) to pixel logits (N, P); `targets` (B, P) are the pixels,
+    `mean`, `std` (B, d) the encoder's q. The draws are made `chunk` at a time (memory stays at
+    chunk * B decodes). Returns (log_weights, log_likelihoods), both (B, samples).
+    """
+    if samples % chunk:
+        raise ValueError(f"samples ({samples}) must be a multiple of chunk ({chunk})")
+    batch = targets.shape[0]
+
+    def one_chunk(chunk_key):
+        z = reparameterize(chunk_key, jnp.broadcast_to(mean, (chunk, *mean.shape)), std)  # (chunk, B, d)
+        logits = decode_logits(z.reshape(chunk * batch, -1))
+        log_likelihood = -bce_from_logits(logits, jnp.tile(targets, (chunk, 1))).reshape(chunk, batch)
+        prior = gaussian_log_density(z, jnp.zeros_like(z), jnp.ones_like(z))
+        return log_likelihood + prior - gaussian_log_density(z, mean, std), log_likelihood
+
+    log_weights, log_likelihoods = jax.lax.map(one_chunk, jax.random.split(key, samples // chunk))
+    return (log_weights.reshape(samples, batch).T, log_likelihoods.reshape(samples, batch).T)
+
+
+def iwae_bound(log_weights: jax.Array) -> jax.Array:
+    """Burda et al.'s k-sample bound on log p(x): log (1/k) sum_i w_i, by log-sum-exp over the last axis.
+
+    By Jensen it is never below the mean of the same log weights (the 1-sample ELBO estimate), and
+    its expectation rises towards log p(x) as k grows.
+    """
+    return jax.nn.logsumexp(log_weights, axis=-1) - jnp.log(log_weights.shape[-1])

@@ -154,11 +154,12 @@ class AutoEncoder(nn.Module):
         return self.num_classes > 0
 
     def condition(self, labels: jax.Array | None) -> jax.Array | None:
+        """Integer labels (B,) as one-hot vectors; class weights (B, C) (e.g. a blend) pass as they are."""
         if not self.conditional:
             return None
         if labels is None:
             raise ValueError("a conditional model needs class labels")
-        return jax.nn.one_hot(labels, self.num_classes)
+        return labels if labels.ndim == 2 else jax.nn.one_hot(labels, self.num_classes)
 
     def encode(self, images: jax.Array, labels: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
         return self.encoder(images, self.condition(labels))
