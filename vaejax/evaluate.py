@@ -1,0 +1,238 @@
+"""`python -m vaejax.evaluate --workdir DIR`: measure a trained model on the test set.
+
+- Likelihood (VAEs): the negative ELBO in nats per image (BCE + KL) and Burda et al.'s k-sample
+  importance-weighted bound on the negative log-likelihood, from the same k draws per image.
+- Reconstruction (every model), decoded from the latent mean: per-pixel BCE, MSE, PSNR and SSIM.
+- Sample quality (VAEs): Frechet distance between generated and test images in the features of the
+  project's digit classifier, the classifier's mean confidence and the entropy of its predicted
+  classes; the same for real training images as the floor.
+
+Results go to `<workdir>/evaluation.json`, with the setting (data, binarization, latent size, k,
+number of test images) stored beside every number, and are printed as a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vaejax.data import IMAGE_PIXELS, IMAGE_SIDE, Dataset
+from vaejax.errors import VaejaxError
+from vaejax.losses import bce_from_logits, gaussian_kl, importance_log_weights, iwae_bound
+from vaejax.metrics import frechet_distance, gaussian_statistics, mse, prediction_statistics, psnr, ssim
+from vaejax.models import AutoEncoder, binarized_test_images, decode, encode, images_to_float
+
+EVALUATION_FILE = "evaluation.json"
+MAX_CHUNK = 50  # importance samples decoded at once per image
+
+
+def importance_chunk(samples: int) -> int:
+    """The largest divisor of `samples` up to MAX_CHUNK, so the draws split into equal chunks."""
+    return max(size for size in range(1, min(samples, MAX_CHUNK) + 1) if samples % size == 0)
+
+
+def per_image(function: Callable[..., dict], arrays: tuple[np.ndarray, ...], batch_size: int) -> dict:
+    """Apply a compiled batch function to `arrays` in batches of one shape (the last one padded by
+    repeating its final row) and concatenate its per-image outputs, padding dropped."""
+    count = len(arrays[0])
+    outputs: dict[str, list] = {}
+    for batch, start in enumerate(range(0, count, batch_size)):
+        indices = np.minimum(np.arange(start, start + batch_size), count - 1)
+        result = function(*(array[indices] for array in arrays), jnp.int32(batch))
+        real = min(batch_size, count - start)
+        for name, values in result.items():
+            outputs.setdefault(name, []).append(np.asarray(values)[:real])
+    return {name: np.concatenate(values) for name, values in outputs.items()}
+
+
+def summarize(values: dict[str, np.ndarray]) -> dict[str, float]:
+    """Mean over images of each per-image metric, with its standard error as NAME_sem."""
+    summary = {}
+    for name, array in values.items():
+        array = np.asarray(array, np.float64)
+        summary[name] = float(array.mean())
+        summary[f"{name}_sem"] = float(array.std(ddof=1) / np.sqrt(len(array))) if len(array) > 1 else 0.0
+    return summary
+
+
+def likelihood_metrics(model: AutoEncoder, params, images: np.ndarray, labels: np.ndarray, key: jax.Array,
+                       samples: int, batch_size: int) -> dict[str, float]:
+    """Negative ELBO (BCE averaged over the k draws + analytic KL) and the k-sample IWAE bound on
+    -log p(x), in nats per image. For a conditional model these bound -log p(x | class)."""
+    chunk = importance_chunk(samples)
+
+    @jax.jit
+    def batch_metrics(images_uint8, labels, batch):
+        pixels = images_to_float(images_uint8)
+        mean, std = encode(model, params, pixels, labels)
+        repeated_labels = jnp.tile(labels, chunk)  # the estimator decodes chunk x batch latents, chunk-major
+
+        def decode_logits(z):
+            return decode(model, params, z, repeated_labels)
+
+        log_weights, log_likelihoods = importance_log_weights(
+            decode_logits, pixels.reshape(-1, IMAGE_PIXELS), mean, std, jax.random.fold_in(key, batch), samples, chunk)
+        bce = -log_likelihoods.mean(axis=-1)
+        kl = gaussian_kl(mean, std)
+        return {"elbo": bce + kl, "bce": bce, "kl": kl, "iwae": -iwae_bound(log_weights)}
+
+    return summarize(per_image(batch_metrics, (images, labels), batch_size))
+
+
+def reconstruction_metrics(model: AutoEncoder, params, images: np.ndarray, labels: np.ndarray,
+                           batch_size: int) -> dict[str, float]:
+    """Per-image BCE per pixel, MSE, PSNR (dB) and SSIM of the reconstructions decoded from the
+    latent mean, against the pixels the model was trained to reproduce."""
+
+    @jax.jit
+    def batch_metrics(images_uint8, labels, batch):
+        pixels = images_to_float(images_uint8)
+        logits = decode(model, params, encode(model, params, pixels, labels)[0], labels)
+        targets = pixels.reshape(-1, IMAGE_PIXELS)
+        probabilities = jax.nn.sigmoid(logits)
+        side = (-1, IMAGE_SIDE, IMAGE_SIDE)
+        return {
+            "bce_per_pixel": bce_from_logits(logits, targets) / IMAGE_PIXELS,
+            "mse": mse(probabilities, targets),
+            "psnr": psnr(probabilities, targets),
+            "ssim": ssim(probabilities.reshape(side), targets.reshape(side)),
+        }
+
+    return summarize(per_image(batch_metrics, (images, labels), batch_size))
+
+
+def judge(classifier, pixels: np.ndarray, reference_stats) -> tuple[dict[str, float], np.ndarray]:
+    """Frechet distance to the reference features and the prediction statistics of images in [0, 1],
+    and the class probabilities."""
+    probabilities, features = classifier.predict(pixels)
+    return {"frechet_distance": frechet_distance(gaussian_statistics(features), reference_stats),
+            **prediction_statistics(probabilities)}, probabilities
+
+
+def sample_quality(model: AutoEncoder, params, dataset: Dataset, classifier, key: jax.Array,
+                   count: int) -> dict[str, dict]:
+    """Generated images against the test set, and `count` real training images as the floor."""
+    from vaejax.generate import balanced_labels, prior_samples
+
+    _, test_features = classifier.predict(dataset.test_images / 255.0)
+    reference = gaussian_statistics(test_features)
+    labels = balanced_labels(count) if model.conditional else None
+    generated, probabilities = judge(classifier, prior_samples(model, params, key, count, labels), reference)
+    if labels is not None:  # does the image show the class it was asked for?
+        generated["label_agreement"] = float((probabilities.argmax(axis=1) == labels).mean())
+    real_count = min(count, len(dataset.train_images))
+    floor, _ = judge(classifier, dataset.train_images[:real_count] / 255.0, reference)
+    return {"generated": generated, "real_train_images": floor}
+
+
+def evaluate_run(workdir: Path, iw_samples: int, limit: int | None, sample_count: int,
+                 classifier_dir: Path | None, seed: int, batch_size: int,
+                 log: Callable[[str], None] = print) -> dict:
+    """Every metric of the run in `workdir`; `classifier_dir` None skips the sample-quality part."""
+    from vaejax.checkpoint import load_finished_run, write_json
+    from vaejax.classifier import cached_classifier
+    from vaejax.data import load_dataset
+
+    if iw_samples < 1:
+        raise VaejaxError(f"--iw_samples must be at least 1, got {iw_samples}")
+    if limit is not None and limit < 1:
+        raise VaejaxError(f"--limit must be at least 1, got {limit}")
+    if batch_size < 1 or sample_count < 2:
+        raise VaejaxError("--batch_size must be at least 1 and --samples at least 2")
+    config, model, params, history = load_finished_run(workdir)
+    dataset = load_dataset(config.dataset, config.data_dir)
+    test_images, test_labels = dataset.test_images[:limit], dataset.test_labels[:limit].astype(np.int32)
+    if config.binarize == "dynamic":
+        test_images = binarized_test_images(test_images)
+    likelihood_key, sample_key = jax.random.split(jax.random.key(seed))
+    results = {
+        "setting": {
+            "model": config.model, "dataset": config.dataset, "binarize": config.binarize,
+            "latent_dim": config.latent_dim, "epochs": history[-1]["epoch"], "test_images": len(test_images),
+            "iw_samples": iw_samples if model.variational else None, "seed": seed,
+            "backend": jax.default_backend(),
+        },
+        "reconstruction": reconstruction_metrics(model, params, test_images, test_labels, batch_size),
+    }
+    if model.variational:
+        log(f"importance sampling: {iw_samples} draws for each of {len(test_images)} test images")
+        results["likelihood"] = likelihood_metrics(model, params, test_images, test_labels, likelihood_key,
+                                                   iw_samples, batch_size)
+        if classifier_dir is not None:
+            classifier = cached_classifier(dataset, classifier_dir, log=log)
+            results["sample_quality"] = sample_quality(model, params, dataset, classifier, sample_key, sample_count)
+            results["setting"] |= {"samples": sample_count, "classifier_test_accuracy": classifier.test_accuracy}
+    write_json(workdir / EVALUATION_FILE, results)
+    return results
+
+
+def format_table(results: dict) -> str:
+    """The results as a small aligned table, the setting on top."""
+    setting = ", ".join(f"{name} {value}" for name, value in results["setting"].items() if value is not None)
+    lines = [setting]
+
+    def row(label: str, value: float, sem: float | None = None, unit: str = "") -> None:
+        spread = f" +- {sem:.4g}" if sem is not None else ""
+        lines.append(f"  {label:<44s} {value:10.4f}{spread} {unit}".rstrip())
+
+    if "likelihood" in results:
+        like = results["likelihood"]
+        k = results["setting"]["iw_samples"]
+        row("negative ELBO", like["elbo"], like["elbo_sem"], "nats")
+        row("  BCE", like["bce"], like["bce_sem"], "nats")
+        row("  KL", like["kl"], like["kl_sem"], "nats")
+        row(f"IWAE bound on -log p(x), k = {k}", like["iwae"], like["iwae_sem"], "nats")
+    recon = results["reconstruction"]
+    row("reconstruction BCE per pixel", recon["bce_per_pixel"], recon["bce_per_pixel_sem"], "nats")
+    row("reconstruction MSE", recon["mse"], recon["mse_sem"])
+    row("reconstruction PSNR", recon["psnr"], recon["psnr_sem"], "dB")
+    row("reconstruction SSIM", recon["ssim"], recon["ssim_sem"])
+    if "sample_quality" in results:
+        for source, values in results["sample_quality"].items():
+            for name, value in values.items():
+                row(f"{source.replace('_', ' ')}: {name.replace('_', ' ')}", value)
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vaejax.cli import OneLineParser
+
+    parser = OneLineParser(prog="python -m vaejax.evaluate", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    add = parser.add_argument
+    add("--workdir", required=True, help="work directory of a finished run")
+    add("--iw_samples", type=int, default=100,
+        help="importance samples k per test image (default: 100; 1000 or 5000 on a GPU, as papers use)")
+    add("--limit", type=int, default=None, help="evaluate on the first N test images only (default: all)")
+    add("--samples", type=int, default=10000, help="generated images judged by the classifier (default: 10000)")
+    add("--classifier_dir", default="runs/classifiers",
+        help="where the digit classifier is cached, trained there on first use (default: runs/classifiers)")
+    add("--no-sample_quality", dest="sample_quality", action="store_false",
+        help="skip the classifier-based sample metrics")
+    add("--batch_size", type=int, default=100, help="test images per compiled batch (default: 100)")
+    add("--seed", type=int, default=0, help="seed of the importance draws and the samples (default: 0)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        results = evaluate_run(
+            Path(args.workdir), args.iw_samples, args.limit, args.samples,
+            Path(args.classifier_dir) if args.sample_quality else None, args.seed, args.batch_size,
+        )
+    except VaejaxError as error:
+        print(f"vaejax.evaluate: error: {error}", file=sys.stderr)
+        return error.exit_code
+    print(format_table(results))
+    print(f"wrote {Path(args.workdir) / EVALUATION_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
