@@ -8,7 +8,7 @@ from vaejax.cli import build_parser
 
 FLAGS = ["--model", "--dataset", "--data_dir", "--latent_dim", "--epochs", "--batch_size",
          "--learning_rate", "--seed", "--workdir", "--resume", "--inputs_decoder",
-         "--test_image_number", "--plot_latent", "--limit", "--deterministic", "--loop", "--overwrite"]
+         "--test_image_number", "--plot_latent", "--limit", "--deterministic", "--loop", "--overwrite", "--binarize"]
 
 
 def test_help_documents_every_flag():
@@ -33,6 +33,7 @@ def test_help_documents_every_flag():
     (["--data_dir", "/no/such/folder"], "data folder /no/such/folder does not exist"),
     (["--loop", "fast"], "--loop must be one of auto, step, scan, got 'fast'"),
     (["--limit", "0"], "--limit must be at least 1"),
+    (["--binarize", "static"], "--binarize must be one of none, dynamic, got 'static'"),
 ])
 def test_invalid_values_end_in_one_line_and_exit_code_2(tmp_path, args, message):
     result = run_cli(*args, "--workdir", str(tmp_path / "run"), cwd=tmp_path)

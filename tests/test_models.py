@@ -3,10 +3,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vaejax.models import build_model, count_params, decode, encode, init_params, reparameterize
+from vaejax.models import (
+    binarize_pixels,
+    binarized_test_images,
+    build_model,
+    count_params,
+    decode,
+    encode,
+    init_params,
+    reparameterize,
+)
 
 
-@pytest.mark.parametrize(("name", "expected"), [("conv_vae", 3_354_569), ("dense_ae", 51_154)])
+# conv_cvae: conv_vae plus the one-hot's 10 inputs to the mean and std layers (2 x 10 x 2) and to the
+# decoder's first dense layer (10 x 49).
+@pytest.mark.parametrize(("name", "expected"), [("conv_vae", 3_354_569), ("dense_ae", 51_154),
+                                                ("conv_cvae", 3_354_569 + 40 + 490)])
 def test_parameter_counts_match_the_seeds(name, expected):
     params = init_params(build_model(name, latent_dim=2, inputs_decoder=49), jax.random.key(0))
     assert count_params(params) == expected
@@ -65,3 +77,31 @@ def test_autoencoder_ignores_the_key():
     images = jax.random.uniform(jax.random.key(1), (3, 28, 28, 1))
     first = model.apply({"params": params}, images, jax.random.key(5))[0]
     np.testing.assert_array_equal(first, model.apply({"params": params}, images, jax.random.key(6))[0])
+
+
+def test_conditional_decoder_draws_the_class_it_is_given():
+    model = build_model("conv_cvae", 2)
+    params = init_params(model, jax.random.key(0))
+    z = jnp.zeros((2, 2))
+    by_label = [decode(model, params, z, jnp.array([label, label])) for label in (3, 7)]
+    assert not np.allclose(by_label[0], by_label[1])
+    np.testing.assert_array_equal(by_label[0], decode(model, params, z, jax.nn.one_hot(jnp.array([3, 3]), 10)))
+    images = jax.random.uniform(jax.random.key(1), (2, 28, 28, 1))
+    means = [encode(model, params, images, jnp.array([label, label]))[0] for label in (3, 7)]
+    assert not np.allclose(means[0], means[1])
+    with pytest.raises(ValueError, match="needs class labels"):
+        decode(model, params, z)
+
+
+def test_binarization_draws_pixels_with_their_intensity_as_probability():
+    intensities = jnp.linspace(0.0, 1.0, 11)
+    draws = binarize_pixels(jax.random.key(0), jnp.tile(intensities, (20000, 1)))
+    assert set(np.unique(draws).tolist()) <= {0.0, 1.0}
+    np.testing.assert_allclose(draws.mean(axis=0), intensities, atol=0.015)
+
+
+def test_the_test_set_is_binarized_once_the_same_way(mnist):
+    first, second = (binarized_test_images(mnist.test_images[:50]) for _ in range(2))
+    np.testing.assert_array_equal(first, second)
+    assert first.dtype == np.uint8 and set(np.unique(first).tolist()) == {0, 255}
+    assert abs(first.mean() - mnist.test_images[:50].mean()) < 2.0

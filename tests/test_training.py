@@ -11,8 +11,8 @@ import pytest
 from vaejax import checkpoint
 from vaejax.config import Config
 from vaejax.errors import VaejaxError
-from vaejax.models import build_model, init_params
-from vaejax.training import Trainer, batch_indices, init_state, num_batches, seed_keys, train
+from vaejax.models import binarize_pixels, build_model, images_to_float, init_params
+from vaejax.training import Trainer, batch_indices, batch_loss, init_state, num_batches, seed_keys, train
 
 
 def quiet(_line):
@@ -137,3 +137,28 @@ def test_refuses_to_clobber_a_run_unless_asked(tmp_path, small_mnist):
 def test_batch_larger_than_the_data_is_refused(tmp_path, small_mnist):
     with pytest.raises(VaejaxError, match="--batch_size 600 is larger than the 512 training images"):
         train(dense_config(tmp_path, batch_size=600), small_mnist, log=quiet)
+
+
+def test_dynamic_binarization_draws_a_fresh_binary_batch_from_the_step_key(small_mnist):
+    model = build_model("dense_ae", 2)
+    params = init_params(model, jax.random.key(0))
+    images, labels, weights = small_mnist.train_images[:8], small_mnist.train_labels[:8], jnp.ones(8)
+    key = jax.random.key(3)
+    loss, _ = batch_loss(model, params, images, labels, weights, key, binarize=True)
+    binarize_key, _ = jax.random.split(key)
+    binary = binarize_pixels(binarize_key, images_to_float(images))
+    logits = model.apply({"params": params}, binary, key)[0]
+    expected = jnp.mean(jnp.sum(jax.nn.softplus(logits) - binary.reshape(8, -1) * logits, axis=-1))
+    np.testing.assert_allclose(loss, expected, rtol=1e-6)
+    other, _ = batch_loss(model, params, images, labels, weights, jax.random.key(4), binarize=True)
+    assert loss != other
+
+
+def test_binarized_run_evaluates_on_the_fixed_binary_test_set(tmp_path, small_mnist):
+    trainer = Trainer(build_model("dense_ae", 2), optax.adam(1e-3), 64, small_mnist, seed_keys(0).eval,
+                      binarize=True)
+    test_images = np.asarray(trainer.test_data[0])
+    assert set(np.unique(test_images).tolist()) == {0, 255}
+    result = train(dense_config(tmp_path, binarize="dynamic"), small_mnist, log=quiet)
+    plain = train(dense_config(tmp_path, "plain"), small_mnist, log=quiet)
+    assert result.history[-1]["test"]["loss"] != plain.history[-1]["test"]["loss"]
