@@ -143,3 +143,13 @@ def test_prediction_statistics_confidence_and_class_entropy():
     assert stats["class_entropy"] == pytest.approx(np.log(10))
     one_class = np.tile([[0.5, 0.5] + [0.0] * 8], (10, 1))
     assert prediction_statistics(one_class) == {"mean_confidence": 0.5, "class_entropy": 0.0}
+
+
+def test_ssim_matches_scikit_image():
+    # Reference: skimage.metrics.structural_similarity(a, b, gaussian_weights=True, sigma=1.5,
+    # use_sample_covariance=False, data_range=1.0) with scikit-image 0.26.0 on these arrays.
+    rng = np.random.default_rng(0)
+    a = rng.random((28, 28))
+    b = np.clip(a + 0.2 * rng.normal(size=(28, 28)), 0, 1)
+    got = ssim(jnp.asarray(a, jnp.float32)[None], jnp.asarray(b, jnp.float32)[None])
+    assert float(got[0]) == pytest.approx(0.800462052956239, abs=1e-6)

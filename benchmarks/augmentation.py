@@ -1,0 +1,77 @@
+"""Does generated data help? Classification accuracy score of a conditional VAE's labelled samples.
+
+The digit classifier (vaejax/classifier.py, same seed and epochs each time) is trained on
+(1) the real training set, (2) generated labelled images only, as many as the real set, drawn from
+a trained `conv_cvae` with every class equally often, and (3) both together; each is scored on the
+real test set. Prints a table and writes benchmarks/results/augmentation.json.
+
+    python train.py --model conv_cvae --latent_dim 8 --epochs 10
+    python benchmarks/augmentation.py --workdir runs/conv_cvae-mnist-z8-s0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from vaejax.checkpoint import load_finished_run  # noqa: E402
+from vaejax.classifier import CLASSIFIER_EPOCHS, train_classifier  # noqa: E402
+from vaejax.data import load_dataset  # noqa: E402
+from vaejax.generate import balanced_labels, prior_samples, to_uint8  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "augmentation.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True, help="a finished conv_cvae run")
+    parser.add_argument("--count", type=int, default=None, help="generated images (default: as many as real)")
+    parser.add_argument("--epochs", type=int, default=CLASSIFIER_EPOCHS, help="classifier epochs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=None, help="real training images used (quick runs)")
+    args = parser.parse_args()
+
+    config, model, params, history = load_finished_run(Path(args.workdir))
+    dataset = load_dataset(config.dataset, config.data_dir).limited(args.limit)
+    count = args.count or len(dataset.train_images)
+    labels = balanced_labels(count)
+    started = time.perf_counter()
+    generated = to_uint8(prior_samples(model, params, jax.random.key(args.seed), count, labels))
+    print(f"generated {count} labelled images in {time.perf_counter() - started:.1f} s")
+
+    training_sets = {
+        "real": (dataset.train_images, dataset.train_labels),
+        "generated": (generated, labels),
+        "real + generated": (np.concatenate([dataset.train_images, generated]),
+                             np.concatenate([dataset.train_labels, labels])),
+    }
+    rows = {}
+    for name, (images, image_labels) in training_sets.items():
+        started = time.perf_counter()
+        classifier = train_classifier(images, image_labels, dataset.test_images, dataset.test_labels,
+                                      seed=args.seed, epochs=args.epochs, log=lambda line: None)
+        rows[name] = {"train_images": len(images), "test_accuracy": classifier.test_accuracy,
+                      "seconds": round(time.perf_counter() - started, 1)}
+        print(f"{name:18s} {len(images):7d} images  test accuracy {classifier.test_accuracy:.4f}"
+              f"  ({rows[name]['seconds']} s)", flush=True)
+
+    record = {
+        "setting": {"model": config.model, "dataset": config.dataset, "latent_dim": config.latent_dim,
+                    "vae_epochs": history[-1]["epoch"], "classifier_epochs": args.epochs, "seed": args.seed,
+                    "backend": jax.default_backend()},
+        "results": rows,
+    }
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
