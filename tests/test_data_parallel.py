@@ -60,3 +60,39 @@ def test_batch_must_divide_over_the_devices(tmp_path):
                      env=EIGHT_DEVICES)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "--batch_size 60 does not divide evenly over 8 devices" in result.stderr
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_processes_train_the_same_bits_as_one_process_with_two_devices(tmp_path):
+    """jax.distributed on localhost: two CPU processes of one device each (Gloo collectives) form
+    the same 2-device mesh as one process with two devices, and give the same bytes."""
+    flags = [*FLAGS[:3], "256", *FLAGS[4:]]
+    single = run_cli(*flags, "--workdir", str(tmp_path / "one"),
+                     env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    assert single.returncode == 0, single.stderr
+    launch = ["--distributed", "--coordinator_address", f"localhost:{free_port()}", "--num_processes", "2"]
+    processes = [
+        subprocess.Popen([sys.executable, str(ROOT / "train.py"), *flags, "--workdir", str(tmp_path / "multi"),
+                          *launch, "--process_id", str(index)], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for index in (1, 0)
+    ]
+    outputs = [process.communicate(timeout=300) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    assert "split over 2 devices in 2 processes" in outputs[1][0]
+    assert "process 1 done; process 0 wrote" in outputs[0][0]
+    read = lambda name: (tmp_path / name / "params.msgpack").read_bytes()  # noqa: E731
+    assert read("multi") == read("one")
+
+
+def test_distributed_without_peers_is_one_clear_error(tmp_path):
+    result = run_cli(*FLAGS, "--workdir", str(tmp_path / "run"), "--distributed")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "--distributed:" in result.stderr

@@ -60,7 +60,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="TensorBoard event files (per-step and per-epoch scalars, images) in <workdir>/tensorboard (default: on)")
     add("--deterministic", action="store_true",
         help=f"GPU: set XLA_FLAGS={DETERMINISTIC_XLA_FLAG} before JAX starts (bitwise repeatable runs)")
+    distributed = parser.add_argument_group(
+        "several hosts", "jax.distributed: start the same command on every host; process 0 writes the work directory")
+    distributed.add_argument("--distributed", action="store_true",
+                             help="call jax.distributed.initialize() first (on TPU pods and SLURM/Open MPI "
+                                  "clusters it finds its peers alone; elsewhere give the three flags below)")
+    distributed.add_argument("--coordinator_address", default=None, help="host:port of process 0")
+    distributed.add_argument("--num_processes", type=int, default=None, help="number of processes")
+    distributed.add_argument("--process_id", type=int, default=None, help="this process's index, 0 to N-1")
     return parser
+
+
+LAUNCH_FLAGS = ("distributed", "coordinator_address", "num_processes", "process_id")
+
+
+def initialize_distributed(coordinator_address: str | None, num_processes: int | None, process_id: int | None
+                           ) -> None:
+    """Join the other processes through JAX's own distributed runtime (before any computation)."""
+    import jax
+
+    try:
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    except (RuntimeError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise VaejaxError(f"--distributed: {first_line}") from None
 
 
 def enable_deterministic_ops() -> None:
@@ -73,11 +96,14 @@ def enable_deterministic_ops() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    options = vars(build_parser().parse_args(argv))
+    launch = {name: options.pop(name) for name in LAUNCH_FLAGS}
     try:
-        config = Config(**vars(args)).resolved()
+        config = Config(**options).resolved()
         if config.deterministic:
             enable_deterministic_ops()
+        if launch.pop("distributed"):
+            initialize_distributed(**launch)
         return run(config)
     except VaejaxError as error:
         kind = "error: " if error.exit_code == 2 else ""  # an interrupt is no error
@@ -97,6 +123,10 @@ def run(config: Config) -> int:
     print(f"JAX {jax.__version__} backend {jax.default_backend()}: {', '.join(map(str, jax.devices()))}")
     print(f"{config.model} on {config.dataset}, latent_dim {config.latent_dim}, batch {config.batch_size}, "
           f"lr {config.learning_rate}, {config.epochs} epochs, seed {config.seed} -> {config.workdir}")
+    if jax.process_index() > 0:  # over several processes, process 0 writes files, figures and logs
+        train(config)
+        print(f"process {jax.process_index()} done; process 0 wrote {config.workdir}")
+        return 0
     reporter = Reporter(config)
     try:
         result = train(config, observer=reporter)

@@ -7,6 +7,7 @@ folded with the step index), the fixed evaluation key, and the fixed key for fig
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
 import time
@@ -69,6 +70,12 @@ def epoch_keys(rng: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(next epoch's key, this epoch's shuffle key, this epoch's step key)."""
     next_rng, shuffle_key, step_root = jax.random.split(rng, 3)
     return next_rng, shuffle_key, step_root
+
+
+def epoch_order(rng: jax.Array, count: int) -> tuple[jax.Array, jax.Array]:
+    """This epoch's shuffled order of the `count` training images, and its step key."""
+    _, shuffle_key, step_root = epoch_keys(rng)
+    return jax.random.permutation(shuffle_key, count), step_root
 
 
 def batch_indices(order: jax.Array, step: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
@@ -203,8 +210,13 @@ def num_batches(count: int, batch_size: int) -> int:
 
 
 def data_parallel_shardings(batch_size: int) -> tuple[NamedSharding | None, NamedSharding | None]:
-    """(batch split over all local devices, replicated), or (None, None) on a single device."""
-    devices = jax.local_devices()
+    """(batch split over all devices, replicated), or (None, None) on a single device.
+
+    With several processes (`jax.distributed`), the devices are those of every host: each process
+    holds the data and computes the same batch order, and the compiled step gives each device (so
+    each host) only its slice of the global batch.
+    """
+    devices = jax.devices()
     if len(devices) == 1:
         return None, None
     if batch_size % len(devices):
@@ -242,16 +254,33 @@ class Trainer:
         self.train_step = jax.jit(step, donate_argnums=(0,))
         self.train_scan = jax.jit(make_epoch_scan(step, self.steps), donate_argnums=(0,))
         self.eval_step = make_eval_step(self.model)
+        self.eval_key = self.place(self.eval_key)
+        # Compiled with placed outputs: over several processes every array a step reads must be global.
+        count = self.dataset.train_images.shape[0]
+        self.epoch_order = jax.jit(functools.partial(epoch_order, count=count), out_shardings=self.replicated)
+        self.next_rng = jax.jit(lambda rng: epoch_keys(rng)[0], out_shardings=self.replicated)
 
     def place(self, tree):
         """On the default device, or a copy on every device when several (data parallelism)."""
-        return jax.device_put(tree, self.replicated)
+        if jax.process_count() == 1:
+            return jax.device_put(tree, self.replicated)
+        return jax.tree.map(self._place_global, tree)
+
+    def _place_global(self, leaf):
+        """A leaf as a global array over every process's devices: from host values (the same on
+        every process), with PRNG keys placed as their raw data and wrapped again on the devices."""
+        if isinstance(leaf, jax.Array) and leaf.sharding == self.replicated:
+            return leaf
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            data = jax.device_put(np.asarray(jax.random.key_data(leaf)), self.replicated)
+            wrap = functools.partial(jax.random.wrap_key_data, impl=jax.random.key_impl(leaf))
+            return jax.jit(wrap, out_shardings=self.replicated)(data)
+        return jax.device_put(np.asarray(leaf), self.replicated)
 
     def train_epoch(self, state: TrainState, after_step: Callable[[TrainState], bool] = lambda state: False
                     ) -> TrainState:
         """Run the rest of the current epoch, or until `after_step(state)` returns True (stop)."""
-        _, shuffle_key, step_root = epoch_keys(state.rng)
-        order = jax.random.permutation(shuffle_key, self.dataset.train_images.shape[0])
+        order, step_root = self.epoch_order(state.rng)
         done = int(state.step)
         if self.loop == "scan" and done == 0:
             return self.train_scan(state, *self.train_data, order, step_root)
@@ -336,10 +365,15 @@ def train(config: Config, dataset: Dataset | None = None, log: Callable[[str], N
     A checkpoint is written after every epoch, and after the current step when SIGINT/SIGTERM
     arrives (then TrainingInterrupted is raised). A non-finite loss stops the run before its epoch
     is checkpointed, so the last good checkpoint stays.
+
+    Over several processes (`jax.distributed`) only process 0 writes the work directory; every
+    process reads it to resume, so it must be on a shared file system.
     """
     observer = observer or Observer()
     workdir = Path(config.workdir)
-    checkpoint.prepare_workdir(workdir, config)
+    writes = jax.process_index() == 0
+    if writes:
+        checkpoint.prepare_workdir(workdir, config)
     if dataset is None:
         dataset = load_dataset(config.dataset, config.data_dir)
     dataset = dataset.limited(config.limit)
@@ -361,8 +395,10 @@ def train(config: Config, dataset: Dataset | None = None, log: Callable[[str], N
         state, history = checkpoint.restore_state(workdir, config, state, log)
     state = trainer.place(state)
     if trainer.batch_sharding is not None:
-        log(f"data parallel: each batch of {config.batch_size} split over {len(jax.local_devices())} devices")
-    checkpoint.write_metrics(workdir, history)
+        log(f"data parallel: each batch of {config.batch_size} split over {jax.device_count()} devices"
+            + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""))
+    if writes:
+        checkpoint.write_metrics(workdir, history)
     observer.start_run(model, dataset)
 
     with StopSignal() as stop:
@@ -383,7 +419,8 @@ def train(config: Config, dataset: Dataset | None = None, log: Callable[[str], N
                     f"stopped, the last good checkpoint (epoch {epoch - 1}) is kept"
                 )
             if int(state.step) < trainer.steps:
-                checkpoint.save_state(workdir, config, state, history)
+                if writes:
+                    checkpoint.save_state(workdir, config, state, history)
                 raise TrainingInterrupted(
                     f"interrupted in epoch {epoch} after step {int(state.step)} of {trainer.steps}; "
                     f"checkpoint written, continue with --resume", stop.signum,
@@ -391,23 +428,27 @@ def train(config: Config, dataset: Dataset | None = None, log: Callable[[str], N
             train_metrics = epoch_means(state.sums)
             step_losses = np.asarray(jax.device_get(state.sums["step_losses"]))
             test_metrics = trainer.evaluate(state.params)
-            next_rng, _, _ = epoch_keys(state.rng)
-            state = state.replace(rng=next_rng, epoch=state.epoch + 1, step=jnp.int32(0),
-                                  sums=zero_sums(trainer.steps))
+            state = trainer.place(state.replace(rng=trainer.next_rng(state.rng), epoch=jnp.int32(epoch),
+                                                step=jnp.int32(0), sums=zero_sums(trainer.steps)))
             seconds = time.perf_counter() - started
             record = {
                 "epoch": epoch, "train": train_metrics, "test": test_metrics,
                 "seconds": round(seconds, 3), "config_hash": config.result_hash(),
             }
             history.append(record)
-            checkpoint.save_state(workdir, config, state, history)
-            checkpoint.write_metrics(workdir, history)
+            if writes:
+                checkpoint.save_state(workdir, config, state, history)
+                checkpoint.write_metrics(workdir, history)
             log(format_epoch(epoch, config.epochs, train_metrics, test_metrics, seconds, model.variational))
-            observer.end_epoch(record, state.params, step_losses, history)
+            # Over several processes, params are global arrays: the observer gets a host copy, so its
+            # own compiled figure code runs on this process alone.
+            observer.end_epoch(record, state.params if jax.process_count() == 1 else jax.device_get(state.params),
+                               step_losses, history)
             if stop():  # a scan epoch cannot stop mid-way: it stops here, checkpointed
                 raise TrainingInterrupted(
                     f"interrupted after epoch {epoch}; checkpoint written, continue with --resume", stop.signum,
                 )
 
-    checkpoint.save_params(workdir, state.params)
+    if writes:
+        checkpoint.save_params(workdir, state.params)
     return TrainResult(config, model, state.params, dataset, history, workdir)
