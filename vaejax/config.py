@@ -12,7 +12,7 @@ from vaejax.errors import VaejaxError
 
 MODELS = ("conv_vae", "conv_cvae", "dense_ae")
 BINARIZATIONS = ("none", "dynamic")
-LOOPS = ("auto", "step", "scan")
+LOOPS = ("auto", "step", "scan", "unrolled")
 
 # The seeds' settings: seed 000 (TF1 conv VAE) and seed 003 (Keras dense AE, Keras' default batch).
 MODEL_DEFAULTS = {

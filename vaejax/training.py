@@ -153,14 +153,18 @@ def make_train_step(model: AutoEncoder, optimizer: optax.GradientTransformation,
     return train_step
 
 
-def make_epoch_scan(train_step, steps: int):
-    """The same step `steps` times inside one compiled `lax.scan`: one dispatch per epoch."""
+SCAN_UNROLL = 8  # steps per loop iteration of `--loop unrolled`
+
+
+def make_epoch_scan(train_step, steps: int, unroll: int = 1):
+    """The same step `steps` times inside one compiled `lax.scan`: one dispatch per epoch. With
+    `unroll` > 1 the loop body holds that many steps (fewer iterations, more room to fuse)."""
 
     def train_epoch(state: TrainState, train_images, train_labels, order, step_root) -> TrainState:
         def body(carry, _):
             return train_step(carry, train_images, train_labels, order, step_root), None
 
-        return jax.lax.scan(body, state, length=steps)[0]
+        return jax.lax.scan(body, state, length=steps, unroll=unroll)[0]
 
     return train_epoch
 
@@ -238,7 +242,7 @@ class Trainer:
     batch_size: int
     dataset: Dataset  # host arrays; __post_init__ places them on the device(s)
     eval_key: jax.Array
-    loop: str = "step"  # "step": one compiled call per step; "scan": one per epoch
+    loop: str = "step"  # "step": one compiled call per step; "scan", "unrolled": one per epoch
     binarize: bool = False
 
     def __post_init__(self):
@@ -252,7 +256,8 @@ class Trainer:
         step = make_train_step(self.model, self.optimizer, self.batch_size, self.batch_sharding, self.binarize)
         # The state is donated: updated in place, never copied.
         self.train_step = jax.jit(step, donate_argnums=(0,))
-        self.train_scan = jax.jit(make_epoch_scan(step, self.steps), donate_argnums=(0,))
+        unroll = SCAN_UNROLL if self.loop == "unrolled" else 1
+        self.train_scan = jax.jit(make_epoch_scan(step, self.steps, unroll), donate_argnums=(0,))
         self.eval_step = make_eval_step(self.model)
         self.eval_key = self.place(self.eval_key)
         # Compiled with placed outputs: over several processes every array a step reads must be global.
@@ -282,7 +287,7 @@ class Trainer:
         """Run the rest of the current epoch, or until `after_step(state)` returns True (stop)."""
         order, step_root = self.epoch_order(state.rng)
         done = int(state.step)
-        if self.loop == "scan" and done == 0:
+        if self.loop in ("scan", "unrolled") and done == 0:
             return self.train_scan(state, *self.train_data, order, step_root)
         for _ in range(done, self.steps):  # also finishes a scan epoch that was resumed mid-way
             state = self.train_step(state, *self.train_data, order, step_root)
