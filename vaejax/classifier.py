@@ -29,7 +29,7 @@ CLASSIFIER_BATCH = 128
 CLASSIFIER_LEARNING_RATE = 1e-3
 FEATURES = 128
 PREDICT_BATCH = 1000
-ARCHITECTURE_VERSION = 1  # bump when the network changes, so cached classifiers are retrained
+RECIPE_VERSION = 2  # bump when the network or its training changes, so cached classifiers are retrained
 
 
 class DigitClassifier(nn.Module):
@@ -94,14 +94,18 @@ def make_classifier_step(optimizer: optax.GradientTransformation, batch_size: in
 def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray,
                      test_labels: np.ndarray, seed: int, epochs: int = CLASSIFIER_EPOCHS,
                      log: Callable[[str], None] = print) -> Classifier:
-    """Train on uint8 images (N, 28, 28) with Adam; every key derives from `seed`."""
+    """Train on uint8 images (N, 28, 28) with Adam; every key derives from `seed`.
+
+    The learning rate follows a cosine from 1e-3 to 0, so the last epoch settles instead of
+    jittering by a few tenths of a percent of test accuracy (as a constant rate does).
+    """
     init_key, shuffle_stream = jax.random.split(jax.random.key(seed))
     params = init_classifier(init_key)
-    optimizer = optax.adam(CLASSIFIER_LEARNING_RATE)
+    steps = num_batches(len(train_images), CLASSIFIER_BATCH)
+    optimizer = optax.adam(optax.cosine_decay_schedule(CLASSIFIER_LEARNING_RATE, epochs * steps))
     opt_state = optimizer.init(params)
     step = make_classifier_step(optimizer, CLASSIFIER_BATCH)
     images, labels = jax.device_put((np.asarray(train_images, np.uint8), np.asarray(train_labels, np.int32)))
-    steps = num_batches(len(train_images), CLASSIFIER_BATCH)
     classifier = Classifier(params, float("nan"))
     for epoch in range(epochs):
         order = jax.random.permutation(jax.random.fold_in(shuffle_stream, epoch), len(train_images))
@@ -117,7 +121,7 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, test_im
 def cached_classifier(dataset: Dataset, cache_dir: Path, seed: int = 0, epochs: int = CLASSIFIER_EPOCHS,
                       log: Callable[[str], None] = print) -> Classifier:
     """The classifier of `dataset` from `cache_dir`, trained (and stored there) on first use."""
-    name = f"classifier-{dataset.name}-n{len(dataset.train_images)}-s{seed}-e{epochs}-v{ARCHITECTURE_VERSION}"
+    name = f"classifier-{dataset.name}-n{len(dataset.train_images)}-s{seed}-e{epochs}-v{RECIPE_VERSION}"
     folder = cache_dir / name
     params_path, info_path = folder / checkpoint.PARAMS_FILE, folder / "classifier.json"
     if params_path.is_file() and info_path.is_file():
