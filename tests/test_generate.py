@@ -104,7 +104,7 @@ def test_classifier_is_seeded_and_cached(tmp_path, small_mnist, small_classifier
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)
     assert cached.test_accuracy == trained.test_accuracy
-    assert small_classifier.test_accuracy > 0.7  # 2 epochs on 512 images; the full one is measured in README
+    assert small_classifier.test_accuracy > 0.5  # 2 epochs on 512 images (chance: 0.1); the full one: README
 
 
 def test_generate_writes_labelled_idx_npz_and_pngs_the_same_bytes_each_time(cvae_run, tmp_path, capsys):
