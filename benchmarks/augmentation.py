@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vaejax.checkpoint import load_finished_run  # noqa: E402
-from vaejax.classifier import CLASSIFIER_EPOCHS, train_classifier  # noqa: E402
+from vaejax.classifier import CLASSIFIER_EPOCHS, cached_classifier, train_classifier  # noqa: E402
 from vaejax.data import load_dataset  # noqa: E402
 from vaejax.generate import balanced_labels, prior_samples, to_uint8  # noqa: E402
 
@@ -36,6 +36,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=CLASSIFIER_EPOCHS, help="classifier epochs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="real training images used (quick runs)")
+    parser.add_argument("--classifier_dir", default="runs/classifiers",
+                        help="the cache of `vaejax.evaluate`: the classifier on real data is the same one")
     args = parser.parse_args()
 
     config, model, params, history = load_finished_run(Path(args.workdir))
@@ -55,8 +57,11 @@ def main() -> None:
     rows = {}
     for name, (images, image_labels) in training_sets.items():
         started = time.perf_counter()
-        classifier = train_classifier(images, image_labels, dataset.test_images, dataset.test_labels,
-                                      seed=args.seed, epochs=args.epochs, log=lambda line: None)
+        if name == "real":  # the same recipe and seed as evaluate's judge: reuse it when cached
+            classifier = cached_classifier(dataset, Path(args.classifier_dir), args.seed, args.epochs)
+        else:
+            classifier = train_classifier(images, image_labels, dataset.test_images, dataset.test_labels,
+                                          seed=args.seed, epochs=args.epochs, log=lambda line: None)
         rows[name] = {"train_images": len(images), "test_accuracy": classifier.test_accuracy,
                       "seconds": round(time.perf_counter() - started, 1)}
         print(f"{name:18s} {len(images):7d} images  test accuracy {classifier.test_accuracy:.4f}"
