@@ -15,7 +15,7 @@ def test_help_documents_every_flag():
     text = build_parser().format_help()
     for flag in FLAGS:
         assert flag in text
-    assert "conv_vae 20, dense_ae 10" in text  # per-model defaults from the seeds
+    assert "conv_vae 20, conv_cvae 20, dense_ae 10" in " ".join(text.split())  # per-model defaults from the seeds
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -92,7 +92,7 @@ def test_plain_autoencoder_draws_no_samples_and_says_so(dense_run):
 
 def test_decoded_grid_varies_across_the_latent_space(dense_run):
     result, reporter, _ = dense_run
-    means = np.asarray(reporter.figures.to_means(result.params, result.dataset.test_images))
+    means = reporter.figures.test_means(result.params, result.dataset.test_images, result.dataset.test_labels)
     xs, ys = (figures.code_span(means[:, axis]) for axis in (0, 1))
     grid = reporter.figures.decode_grid(result.params, xs, ys)
     tiles = grid.reshape(14, 28, 14, 28).transpose(0, 2, 1, 3).reshape(196, -1)
