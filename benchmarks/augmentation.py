@@ -3,7 +3,7 @@
 The digit classifier (vaejax/classifier.py, same seed and epochs each time) is trained on
 (1) the real training set, (2) generated labelled images only, as many as the real set, drawn from
 a trained `conv_cvae` with every class equally often, and (3) both together; each is scored on the
-real test set. Prints a table and writes benchmarks/results/augmentation.json.
+real test set. Prints a table and writes benchmarks/results/augmentation-<model>-z<latent>.json.
 
     python train.py --model conv_cvae --latent_dim 8 --epochs 10
     python benchmarks/augmentation.py --workdir runs/conv_cvae-mnist-z8-s0
@@ -26,7 +26,7 @@ from vaejax.classifier import CLASSIFIER_EPOCHS, cached_classifier, train_classi
 from vaejax.data import load_dataset  # noqa: E402
 from vaejax.generate import balanced_labels, prior_samples, to_uint8  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "augmentation.json"
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
@@ -36,6 +36,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=CLASSIFIER_EPOCHS, help="classifier epochs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="real training images used (quick runs)")
+    parser.add_argument("--sets", nargs="+", default=["real", "generated", "real + generated"],
+                        help="which training sets to score (default: all three)")
     parser.add_argument("--classifier_dir", default="runs/classifiers",
                         help="the cache of `vaejax.evaluate`: the classifier on real data is the same one")
     args = parser.parse_args()
@@ -56,6 +58,8 @@ def main() -> None:
     }
     rows = {}
     for name, (images, image_labels) in training_sets.items():
+        if name not in args.sets:
+            continue
         started = time.perf_counter()
         if name == "real":  # the same recipe and seed as evaluate's judge: reuse it when cached
             classifier = cached_classifier(dataset, Path(args.classifier_dir), args.seed, args.epochs)
@@ -73,9 +77,9 @@ def main() -> None:
                     "backend": jax.default_backend()},
         "results": rows,
     }
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    path = RESULTS / f"augmentation-{config.model}-z{config.latent_dim}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
