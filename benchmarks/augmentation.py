@@ -78,6 +78,10 @@ def main() -> None:
         "results": rows,
     }
     path = RESULTS / f"augmentation-{config.model}-z{config.latent_dim}.json"
+    if path.exists():  # rows measured earlier in the same setting (another --sets) are kept
+        earlier = json.loads(path.read_text())
+        if earlier["setting"] == record["setting"]:
+            record["results"] = earlier["results"] | rows
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {path}")
 
