@@ -5,7 +5,7 @@
 For each seed model at its seed batch size: milliseconds per training step (median over repeats
 of a window of steps, compile excluded), images per second, the implied time of a full MNIST
 epoch, vaejax's compile time, and the ratio vaejax / PyTorch (below 1: vaejax is faster). vaejax
-runs its real Trainer with `--loop auto`; PyTorch runs eager with the same layers, loss, Adam and
+runs its real Trainer with `--loop auto --micro_batches auto`; PyTorch runs eager with the same layers, loss, Adam and
 uint8 data gathered by index. First it checks that both compute the same function (parameter
 count; loss on the same weights and inputs). Needs `pip install torch` (CPU build: torch==2.13.0).
 """
@@ -31,7 +31,7 @@ from vaejax.config import MODEL_DEFAULTS  # noqa: E402
 from vaejax.data import Dataset, load_bundled_mnist  # noqa: E402
 from vaejax.losses import loss_terms  # noqa: E402
 from vaejax.models import build_model, count_params, images_to_float, init_params  # noqa: E402
-from vaejax.training import Trainer, choose_loop, init_state, num_batches, seed_keys, zero_sums  # noqa: E402
+from vaejax.training import Trainer, choose_loop, choose_micro_batches, init_state, num_batches, seed_keys, zero_sums  # noqa: E402
 
 WINDOW_STEPS = {"conv_vae": 20, "dense_ae": 400}  # steps timed per repeat: about a second or more
 
@@ -70,8 +70,10 @@ def time_vaejax(name: str, dataset: Dataset, steps: int, repeats: int) -> dict:
     optimizer = optax.adam(settings["learning_rate"])
     keys = seed_keys(0)
     loop = choose_loop("auto", name, jax.default_backend())
+    micro_batches = choose_micro_batches(None, name, jax.default_backend(), jax.device_count())
     # A training set of exactly `steps` batches: one "epoch" is the timed window, in either loop.
-    trainer = Trainer(model, optimizer, batch, dataset.limited(steps * batch), keys.eval, loop=loop)
+    trainer = Trainer(model, optimizer, batch, dataset.limited(steps * batch), keys.eval, loop=loop,
+                      micro_batches=micro_batches)
     state = init_state(model, optimizer, keys, trainer.steps)
 
     def window(state):
@@ -88,8 +90,8 @@ def time_vaejax(name: str, dataset: Dataset, steps: int, repeats: int) -> dict:
         state = window(state)
         times.append(time.perf_counter() - started)
     seconds = statistics.median(times)
-    return {"loop": loop, "ms_per_step": 1e3 * seconds / steps, "compile_s": first - seconds,
-            "repeats_ms_per_step": [1e3 * t / steps for t in times]}
+    return {"loop": loop, "micro_batches": micro_batches, "ms_per_step": 1e3 * seconds / steps,
+            "compile_s": first - seconds, "repeats_ms_per_step": [1e3 * t / steps for t in times]}
 
 
 def time_torch(name: str, images: np.ndarray, steps: int, repeats: int) -> dict:
@@ -153,11 +155,12 @@ def main() -> None:
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"backend {results['backend']} ({results['device']}), JAX {results['jax']}; "
           f"PyTorch {theirs['version']} with {theirs['threads']} threads")
-    print(f"{'model':9s} {'batch':>5s} {'loop':>5s} {'vaejax ms':>10s} {'torch ms':>9s} {'ratio':>6s} "
+    print(f"{'model':9s} {'batch':>5s} {'loop':>8s} {'vaejax ms':>10s} {'torch ms':>9s} {'ratio':>6s} "
           f"{'vaejax img/s':>12s} {'torch img/s':>11s} {'epoch s':>15s} {'compile s':>9s} {'same loss':>9s}")
     for name, row in results["models"].items():
         ours, theirs, check = row["vaejax"], row["torch"], row["same_function"]
-        print(f"{name:9s} {row['batch_size']:5d} {ours['loop']:>5s} {ours['ms_per_step']:10.2f} "
+        loop = ours["loop"] + (f" x{ours['micro_batches']}" if ours["micro_batches"] > 1 else "")
+        print(f"{name:9s} {row['batch_size']:5d} {loop:>8s} {ours['ms_per_step']:10.2f} "
               f"{theirs['ms_per_step']:9.2f} {row['ratio_vaejax_over_torch']:6.2f} {ours['images_per_s']:12.0f} "
               f"{theirs['images_per_s']:11.0f} {ours['epoch_s']:7.1f}/{theirs['epoch_s']:<7.1f} "
               f"{ours['compile_s']:9.2f} {check['loss_relative_difference']:9.1e}")

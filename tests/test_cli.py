@@ -8,7 +8,8 @@ from vaejax.cli import build_parser
 
 FLAGS = ["--model", "--dataset", "--data_dir", "--latent_dim", "--epochs", "--batch_size",
          "--learning_rate", "--seed", "--workdir", "--resume", "--inputs_decoder",
-         "--test_image_number", "--plot_latent", "--limit", "--deterministic", "--loop", "--overwrite", "--binarize"]
+         "--test_image_number", "--plot_latent", "--limit", "--deterministic", "--loop", "--overwrite", "--binarize",
+         "--micro_batches"]
 
 
 def test_help_documents_every_flag():
@@ -34,6 +35,9 @@ def test_help_documents_every_flag():
     (["--loop", "fast"], "--loop must be one of auto, step, scan, unrolled, got 'fast'"),
     (["--limit", "0"], "--limit must be at least 1"),
     (["--binarize", "static"], "--binarize must be one of none, dynamic, got 'static'"),
+    (["--micro_batches", "some"], "argument --micro_batches: invalid micro_batches value: 'some'"),
+    (["--micro_batches", "0"], "--micro_batches must be auto or 1 to --batch_size (128), got 0"),
+    (["--micro_batches", "200"], "--micro_batches must be auto or 1 to --batch_size (128), got 200"),
 ])
 def test_invalid_values_end_in_one_line_and_exit_code_2(tmp_path, args, message):
     result = run_cli(*args, "--workdir", str(tmp_path / "run"), cwd=tmp_path)

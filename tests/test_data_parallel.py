@@ -62,6 +62,13 @@ def test_batch_must_divide_over_the_devices(tmp_path):
     assert "--batch_size 60 does not divide evenly over 8 devices" in result.stderr
 
 
+def test_micro_batches_are_refused_over_several_devices(tmp_path):
+    result = run_cli("--model", "dense_ae", "--micro_batches", "2", "--workdir", str(tmp_path / "run"),
+                     env=EIGHT_DEVICES)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "--micro_batches 2 needs a single device; the batch is already split over 8 devices" in result.stderr
+
+
 def free_port() -> int:
     import socket
 

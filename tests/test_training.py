@@ -12,7 +12,17 @@ from vaejax import checkpoint
 from vaejax.config import Config
 from vaejax.errors import VaejaxError
 from vaejax.models import binarize_pixels, build_model, images_to_float, init_params
-from vaejax.training import Trainer, batch_indices, batch_loss, init_state, num_batches, seed_keys, train
+from vaejax.training import (
+    Trainer,
+    batch_gradient,
+    batch_indices,
+    batch_loss,
+    choose_micro_batches,
+    init_state,
+    num_batches,
+    seed_keys,
+    train,
+)
 
 
 def quiet(_line):
@@ -49,11 +59,12 @@ def test_different_seeds_give_different_params(tmp_path, small_mnist):
     assert params_bytes(first) != params_bytes(second)
 
 
-def test_interrupted_and_resumed_run_ends_byte_identical(tmp_path, small_mnist):
-    straight = dense_config(tmp_path, "straight", epochs=3)
+@pytest.mark.parametrize("micro_batches", [None, 2])
+def test_interrupted_and_resumed_run_ends_byte_identical(tmp_path, small_mnist, micro_batches):
+    straight = dense_config(tmp_path, "straight", epochs=3, micro_batches=micro_batches)
     train(straight, small_mnist, log=quiet)
 
-    interrupted = dense_config(tmp_path, "resumed", epochs=1)
+    interrupted = dense_config(tmp_path, "resumed", epochs=1, micro_batches=micro_batches)
     train(interrupted, small_mnist, log=quiet)
     resumed = dataclasses.replace(interrupted, epochs=3, resume=True)
     lines = []
@@ -89,11 +100,13 @@ def test_training_learns_and_writes_the_work_directory(tmp_path, small_mnist):
         np.testing.assert_array_equal(got, want)
 
 
-def test_last_partial_batch_is_used_and_compiled_once(small_mnist):
+@pytest.mark.parametrize("micro_batches", [1, 3])
+def test_last_partial_batch_is_used_and_compiled_once(small_mnist, micro_batches):
     model = build_model("dense_ae", 2)
     optimizer = optax.adam(1e-3)
     keys = seed_keys(0)
-    trainer = Trainer(model, optimizer, 100, small_mnist, keys.eval)
+    # 512 images in batches of 100: the last holds 12, so with 3 parts two of them hold no real image.
+    trainer = Trainer(model, optimizer, 100, small_mnist, keys.eval, micro_batches=micro_batches)
     state = init_state(model, optimizer, keys, trainer.steps)
     for _ in range(2):
         state = trainer.train_epoch(state).replace(step=jnp.int32(0))
@@ -110,6 +123,54 @@ def test_scan_loop_trains_the_same_function(tmp_path, small_mnist):
     for by_step, by_scan in zip(step_history, scan_history, strict=True):
         np.testing.assert_allclose(by_scan["train"]["loss"], by_step["train"]["loss"], rtol=1e-5)
         np.testing.assert_allclose(by_scan["test"]["loss"], by_step["test"]["loss"], rtol=1e-5)
+
+
+def tree_allclose(got, want, rtol=1e-5, atol=1e-6):
+    for got_leaf, want_leaf in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True):
+        np.testing.assert_allclose(got_leaf, want_leaf, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("micro_batches", [2, 3])
+def test_micro_batches_sum_to_the_whole_batch_gradient(small_mnist, micro_batches):
+    """A plain autoencoder draws no noise, so its parts must add up to the whole batch's gradient and
+    terms, also when the padding of a short batch leaves a part with no real image."""
+    model = build_model("dense_ae", 2)
+    params = init_params(model, jax.random.key(0))
+    images, labels = jnp.asarray(small_mnist.train_images[:12]), jnp.asarray(small_mnist.train_labels[:12])
+    weights = jnp.array([1.0] * 5 + [0.0] * 7)  # in 3 parts of 4: 4 real, 1 real, none
+    key = jax.random.key(1)
+    whole_grads, whole_terms = batch_gradient(model, params, images, labels, weights, key)
+    grads, terms = batch_gradient(model, params, images, labels, weights, key, micro_batches=micro_batches)
+    tree_allclose(grads, whole_grads)
+    tree_allclose(terms, whole_terms)
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(grads))
+
+
+def test_micro_batches_of_a_vae_draw_each_part_from_its_own_key(small_mnist):
+    model = build_model("conv_vae", 2)
+    params = init_params(model, jax.random.key(0))
+    images, labels = jnp.asarray(small_mnist.train_images[:8]), jnp.asarray(small_mnist.train_labels[:8])
+    weights, key = jnp.ones(8), jax.random.key(1)
+
+    def by_hand(params):  # two halves, each half the weight, part i from fold_in(key, i)
+        first = batch_loss(model, params, images[:4], labels[:4], weights[:4], jax.random.fold_in(key, 0))[0]
+        second = batch_loss(model, params, images[4:], labels[4:], weights[4:], jax.random.fold_in(key, 1))[0]
+        return 0.5 * first + 0.5 * second
+
+    want_loss, want_grads = jax.value_and_grad(by_hand)(params)
+    grads, terms = batch_gradient(model, params, images, labels, weights, key, micro_batches=2)
+    np.testing.assert_allclose(terms["loss"], want_loss, rtol=1e-6)
+    np.testing.assert_allclose(terms["loss"], terms["bce"] + terms["kl"], rtol=1e-6)
+    tree_allclose(grads, want_grads, rtol=1e-4, atol=1e-6)
+
+
+def test_micro_batches_auto_follows_the_measurements():
+    assert choose_micro_batches(None, "conv_vae", "cpu", devices=1) == 2
+    assert choose_micro_batches(None, "conv_cvae", "cpu", devices=1) == 2
+    assert choose_micro_batches(None, "dense_ae", "cpu", devices=1) == 1
+    assert choose_micro_batches(None, "conv_vae", "gpu", devices=1) == 1  # not measured there: whole batches
+    assert choose_micro_batches(None, "conv_vae", "cpu", devices=8) == 1  # the devices split the batch already
+    assert choose_micro_batches(3, "dense_ae", "cpu", devices=1) == 3
 
 
 def test_batches_cover_every_image_once():

@@ -23,6 +23,11 @@ def defaults_text(option: str) -> str:
     return ", ".join(f"{model} {values[option]}" for model, values in MODEL_DEFAULTS.items())
 
 
+def micro_batches(text: str) -> int | None:
+    """`--micro_batches`: a whole number, or auto (None)."""
+    return None if text == "auto" else int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="train.py",
@@ -57,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--loop", default="auto",
         help="step: one compiled call per step; scan: one lax.scan per epoch; unrolled: the same scan with 8 "
              "steps per loop iteration; auto (default): the fastest measured on this backend")
+    add("--micro_batches", type=micro_batches, default=None,
+        help="compute each batch's gradient as the sum over N parts of it, differentiated side by side "
+             "(XLA:CPU then runs the convolutions on several cores; same function, other bits); auto "
+             "(default): the fastest measured for this model on this backend, 1 with several devices")
     add("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
         help="TensorBoard event files (per-step and per-epoch scalars, images) in <workdir>/tensorboard (default: on)")
     add("--deterministic", action="store_true",

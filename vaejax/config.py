@@ -25,7 +25,7 @@ MODEL_DEFAULTS = {
 # out on purpose: resuming with a larger --epochs continues the same run.
 RESULT_FIELDS = (
     "model", "dataset", "data_dir", "latent_dim", "inputs_decoder", "batch_size",
-    "learning_rate", "seed", "limit", "loop", "binarize",
+    "learning_rate", "seed", "limit", "loop", "binarize", "micro_batches",
 )
 
 
@@ -52,6 +52,7 @@ class Config:
     loop: str = "auto"
     tensorboard: bool = True
     binarize: str = "none"
+    micro_batches: int | None = None  # None: auto (measured per backend and model)
 
     def resolved(self) -> Config:
         """Fill model defaults and the default work directory, then validate."""
@@ -90,6 +91,10 @@ class Config:
         )
         _require(not (self.resume and self.overwrite), "--resume and --overwrite exclude each other")
         _require(self.loop in LOOPS, f"--loop must be one of {', '.join(LOOPS)}, got {self.loop!r}")
+        _require(
+            self.micro_batches is None or 1 <= self.micro_batches <= self.batch_size,
+            f"--micro_batches must be auto or 1 to --batch_size ({self.batch_size}), got {self.micro_batches}",
+        )
         _require(
             self.binarize in BINARIZATIONS,
             f"--binarize must be one of {', '.join(BINARIZATIONS)}, got {self.binarize!r}",

@@ -123,14 +123,51 @@ def accumulate(sums: dict, terms: dict, weights: jax.Array, step: jax.Array) -> 
     return added
 
 
+def batch_gradient(model: AutoEncoder, params, images_uint8, labels, weights, key, binarize: bool = False,
+                   micro_batches: int = 1) -> tuple[dict, dict]:
+    """The gradient of the batch loss, and its terms.
+
+    With `micro_batches` > 1 the batch is cut into that many consecutive parts, each differentiated
+    as a sub-graph of its own, and the parts' gradients and terms are added, each weighted by its
+    share of the batch's real images: the same function as one part, other rounding, and other noise
+    (part i draws from `fold_in(key, i)`). It exists for speed: XLA:CPU runs one convolution on one
+    core, but independent sub-graphs side by side (measured in benchmarks/loop_structure.py).
+    """
+    if micro_batches == 1:
+        return jax.grad(
+            lambda params: batch_loss(model, params, images_uint8, labels, weights, key, binarize), has_aux=True,
+        )(params)
+
+    def part_loss(params, images_uint8, labels, weights, key, share):
+        loss, terms = batch_loss(model, params, images_uint8, labels, weights, key, binarize)
+        return loss * share, jax.tree.map(lambda term: term * share, terms)
+
+    count = jnp.maximum(weights.sum(), 1.0)
+    parts = zip(*(jnp.array_split(array, micro_batches) for array in (images_uint8, labels, weights)), strict=True)
+    grads, terms = [], []
+    for index, (part_images, part_labels, part_weights) in enumerate(parts):
+        share = part_weights.sum() / count  # a part's terms are means over its own real images
+        part_grads, part_terms = jax.grad(part_loss, has_aux=True)(
+            params, part_images, part_labels, part_weights, jax.random.fold_in(key, index), share)
+        grads.append(part_grads)
+        terms.append(part_terms)
+    return add_trees(grads), add_trees(terms)
+
+
+def add_trees(trees: list):
+    """Leaf-wise sum of trees of the same structure, in list order."""
+    return jax.tree.map(lambda *leaves: functools.reduce(jnp.add, leaves), *trees)
+
+
 def make_train_step(model: AutoEncoder, optimizer: optax.GradientTransformation, batch_size: int,
-                    batch_sharding: NamedSharding | None = None, binarize: bool = False):
+                    batch_sharding: NamedSharding | None = None, binarize: bool = False, micro_batches: int = 1):
     """The pure (state, images, labels, order, step_key) -> state training step; it runs step `state.step`.
 
     The batch is gathered on device from the uint8 training set by the shuffled `order`, so nothing
     crosses to the host per step. With `binarize` each step draws a fresh binarization of its batch
     (dynamic binarization). With `batch_sharding` the batch is split over the devices and
-    XLA adds the gradient all-reduce (params and state stay replicated).
+    XLA adds the gradient all-reduce (params and state stay replicated). With `micro_batches` > 1 the
+    gradient is the sum over that many parts of the batch (`batch_gradient`).
     """
 
     def train_step(state: TrainState, train_images, train_labels, order, step_root) -> TrainState:
@@ -140,10 +177,7 @@ def make_train_step(model: AutoEncoder, optimizer: optax.GradientTransformation,
         if batch_sharding is not None:
             images, labels, weights = jax.lax.with_sharding_constraint((images, labels, weights), batch_sharding)
         key = jax.random.fold_in(step_root, step)
-        grads, terms = jax.grad(
-            lambda params: batch_loss(model, params, images, labels, weights, key, binarize),
-            has_aux=True,
-        )(state.params)
+        grads, terms = batch_gradient(model, state.params, images, labels, weights, key, binarize, micro_batches)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         return state.replace(
             params=optax.apply_updates(state.params, updates), opt_state=opt_state,
@@ -183,6 +217,19 @@ def choose_loop(loop: str, model_name: str, backend: str) -> str:
     if loop != "auto":
         return loop
     return MEASURED_FASTER_LOOP.get((backend, model_name), "step")
+
+
+# How many micro-batches (`batch_gradient`) ran fastest, measured with benchmarks/loop_structure.py
+# on the 2-core CPU with the loop above: conv_vae MEASUREMENT. Elsewhere: 1.
+MEASURED_FASTER_MICRO_BATCHES = {("cpu", "conv_vae"): 2, ("cpu", "conv_cvae"): 2}
+
+
+def choose_micro_batches(micro_batches: int | None, model_name: str, backend: str, devices: int) -> int:
+    """Resolve `--micro_batches auto` (None): the count measured fastest on a single device; with
+    several devices the batch is already split over them, so 1."""
+    if micro_batches is not None:
+        return micro_batches
+    return 1 if devices > 1 else MEASURED_FASTER_MICRO_BATCHES.get((backend, model_name), 1)
 
 
 def make_eval_step(model: AutoEncoder):
@@ -246,16 +293,21 @@ class Trainer:
     eval_key: jax.Array
     loop: str = "step"  # "step": one compiled call per step; "scan", "unrolled": one per epoch
     binarize: bool = False
+    micro_batches: int = 1  # parts of a batch differentiated side by side (`batch_gradient`)
 
     def __post_init__(self):
         self.steps = num_batches(self.dataset.train_images.shape[0], self.batch_size)
         self.batch_sharding, self.replicated = data_parallel_shardings(self.batch_size)
+        if self.micro_batches > 1 and self.batch_sharding is not None:
+            raise VaejaxError(f"--micro_batches {self.micro_batches} needs a single device; the batch is already "
+                              f"split over {jax.device_count()} devices")
         test_images = self.dataset.test_images
         if self.binarize:
             test_images = binarized_test_images(test_images)
         self.train_data = self.place((self.dataset.train_images, self.dataset.train_labels))
         self.test_data = self.place((test_images, self.dataset.test_labels))
-        step = make_train_step(self.model, self.optimizer, self.batch_size, self.batch_sharding, self.binarize)
+        step = make_train_step(self.model, self.optimizer, self.batch_size, self.batch_sharding, self.binarize,
+                               self.micro_batches)
         # The state is donated: updated in place, never copied.
         self.train_step = jax.jit(step, donate_argnums=(0,))
         unroll = SCAN_UNROLL if self.loop == "unrolled" else 1
@@ -396,6 +448,8 @@ def train(config: Config, dataset: Dataset | None = None, log: Callable[[str], N
         model, optimizer, config.batch_size, dataset, keys.eval,
         loop=choose_loop(config.loop, config.model, jax.default_backend()),
         binarize=config.binarize == "dynamic",
+        micro_batches=choose_micro_batches(config.micro_batches, config.model, jax.default_backend(),
+                                           jax.device_count()),
     )
     state, history = init_state(model, optimizer, keys, trainer.steps), []
     if config.resume:
