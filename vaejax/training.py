@@ -220,7 +220,9 @@ def choose_loop(loop: str, model_name: str, backend: str) -> str:
 
 
 # How many micro-batches (`batch_gradient`) ran fastest, measured with benchmarks/loop_structure.py
-# on the 2-core CPU with the loop above: conv_vae MEASUREMENT. Elsewhere: 1.
+# on the 2-core CPU (ms per step for 1 / 2 / 4): conv_vae 190.8 / 123.7 / 130.2, conv_cvae 187.7 /
+# 132.0 / 138.6 (per-step loop); dense_ae 0.52 / 0.55 (scan). XLA:CPU runs each convolution on one
+# core (benchmarks/layer_profile.py), two independent halves of the batch on two. Elsewhere: 1.
 MEASURED_FASTER_MICRO_BATCHES = {("cpu", "conv_vae"): 2, ("cpu", "conv_cvae"): 2}
 
 
@@ -308,10 +310,13 @@ class Trainer:
         self.test_data = self.place((test_images, self.dataset.test_labels))
         step = make_train_step(self.model, self.optimizer, self.batch_size, self.batch_sharding, self.binarize,
                                self.micro_batches)
-        # The state is donated: updated in place, never copied.
-        self.train_step = jax.jit(step, donate_argnums=(0,))
+        # The state is donated (updated in place, never copied), except with micro-batches: then XLA
+        # copies the params for the parts still reading them and orders the parts after the copies
+        # (conv_vae on the 2-core CPU: 139 ms a step donated, 124 not; whole batches: 191 vs 196).
+        donated = (0,) if self.micro_batches == 1 else ()
+        self.train_step = jax.jit(step, donate_argnums=donated)
         unroll = SCAN_UNROLL if self.loop == "unrolled" else 1
-        self.train_scan = jax.jit(make_epoch_scan(step, self.steps, unroll), donate_argnums=(0,))
+        self.train_scan = jax.jit(make_epoch_scan(step, self.steps, unroll), donate_argnums=donated)
         self.eval_step = make_eval_step(self.model)
         self.eval_key = self.place(self.eval_key)
         # Compiled with placed outputs: over several processes every array a step reads must be global.

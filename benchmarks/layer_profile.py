@@ -1,0 +1,147 @@
+"""Where a conv_vae training step spends its time: each layer's forward, input gradient and weight
+gradient, in XLA (vaejax) and in PyTorch, on the same shapes in the same run.
+
+    python benchmarks/layer_profile.py [--batch 128] [--repeats 20] [--out FILE]
+    taskset -c 0 python benchmarks/layer_profile.py     # one core for both
+
+Each layer of the seed 000 model at batch 128, each side as the models call it (XLA pads inside the
+convolution, as Flax does; PyTorch convolves an input padded beforehand, as the peer does), timed
+alone: milliseconds per call (median of 5 windows of `--repeats` calls), then the sum over a step
+(the decoder's 64-channel transposed convolution occurs twice; the first layer's input gradient is
+not needed in training).
+PyTorch's backward pieces are aten.convolution_backward with only the input or only the weight
+requested. Both use every core the process may run on.
+Needs `pip install torch`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# (name, input (B excluded) NHWC, TF SAME padding (before, after), kernel (kh, kw, in, out), stride, times per step)
+CONV_LAYERS = [
+    ("encoder conv 1: 28x28x1 -> 14x14x64, stride 2", (28, 28, 1), (1, 1), (4, 4, 1, 64), 2, 1),
+    ("encoder conv 2: 14x14x64 -> 7x7x64, stride 2", (14, 14, 64), (1, 1), (4, 4, 64, 64), 2, 1),
+    ("encoder conv 3: 7x7x64 -> 7x7x64", (7, 7, 64), (1, 2), (4, 4, 64, 64), 1, 1),
+    ("decoder conv 1: 7x7x1 -> 7x7x64", (7, 7, 1), (2, 1), (4, 4, 1, 64), 1, 1),
+    ("decoder convs 2, 3: 7x7x64 -> 7x7x64", (7, 7, 64), (2, 1), (4, 4, 64, 64), 1, 2),
+]
+DENSE_LAYERS = [("decoder dense 3136 -> 784", 3136, 784, 1), ("decoder dense 784 -> 784", 784, 784, 1)]
+PARTS = ("forward", "input grad", "weight grad")
+
+
+def median_ms(call, repeats: int) -> float:
+    call()
+    call()
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(repeats):
+            call()
+        times.append((time.perf_counter() - started) / repeats)
+    return 1e3 * statistics.median(times)
+
+
+def jax_conv(stride: int, pad: tuple[int, int]):
+    """The convolution as Flax's nn.Conv/ConvTranspose call it: padding inside the operation."""
+    return lambda x, w: jax.lax.conv_general_dilated(x, w, (stride, stride), (pad, pad),
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def jax_parts(function, x, w, repeats: int) -> list[float]:
+    """Forward, input gradient, weight gradient of `function(x, w)`, each compiled alone."""
+    out = function(x, w)
+    cotangent = jnp.ones_like(out)
+    calls = [jax.jit(function),
+             jax.jit(lambda x, w, d: jax.vjp(function, x, w)[1](d)[0]),
+             jax.jit(lambda x, w, d: jax.vjp(function, x, w)[1](d)[1])]
+    args = [(x, w), (x, w, cotangent), (x, w, cotangent)]
+    return [median_ms(lambda call=call, a=a: jax.block_until_ready(call(*a)), repeats)
+            for call, a in zip(calls, args, strict=True)]
+
+
+def torch_conv_parts(x, w, stride: int, repeats: int) -> list[float]:
+    import torch
+
+    conv = torch.ops.aten.convolution_backward
+    out = torch.nn.functional.conv2d(x, w, stride=stride)
+    cotangent = torch.ones_like(out)
+
+    def backward(mask):
+        return lambda: conv(cotangent, x, w, None, [stride, stride], [0, 0], [1, 1], False, [0, 0], 1, mask)
+
+    with torch.no_grad():
+        return [median_ms(lambda: torch.nn.functional.conv2d(x, w, stride=stride), repeats),
+                median_ms(backward([True, False, False]), repeats),
+                median_ms(backward([False, True, False]), repeats)]
+
+
+def torch_dense_parts(x, w, repeats: int) -> list[float]:
+    import torch
+
+    cotangent = torch.ones(x.shape[0], w.shape[0])
+    with torch.no_grad():
+        return [median_ms(lambda: torch.nn.functional.linear(x, w), repeats),
+                median_ms(lambda: cotangent @ w, repeats),
+                median_ms(lambda: cotangent.T @ x, repeats)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--out", default=f"benchmarks/results/layer_profile-{jax.default_backend()}"
+                                         f"-{len(os.sched_getaffinity(0))}cores.json")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, shape, pad, kernel, stride, count in CONV_LAYERS:
+        x = rng.standard_normal((args.batch, *shape), dtype=np.float32)
+        w = rng.standard_normal(kernel, dtype=np.float32)
+        ours = jax_parts(jax_conv(stride, pad), jnp.asarray(x), jnp.asarray(w), args.repeats)
+        padded = np.pad(x, ((0, 0), pad, pad, (0, 0)))  # the PyTorch peer pads first too (F.pad)
+        theirs = torch_conv_parts(torch.from_numpy(padded.transpose(0, 3, 1, 2).copy()),
+                                  torch.from_numpy(w.transpose(3, 2, 0, 1).copy()), stride, args.repeats)
+        rows.append({"layer": name, "per_step": count, "xla_ms": ours, "torch_ms": theirs})
+    for name, inputs, outputs, count in DENSE_LAYERS:
+        x = rng.standard_normal((args.batch, inputs), dtype=np.float32)
+        w = rng.standard_normal((inputs, outputs), dtype=np.float32)
+        ours = jax_parts(jnp.dot, jnp.asarray(x), jnp.asarray(w), args.repeats)
+        theirs = torch_dense_parts(torch.from_numpy(x), torch.from_numpy(w.T.copy()), args.repeats)
+        rows.append({"layer": name, "per_step": count, "xla_ms": ours, "torch_ms": theirs})
+
+    print(f"JAX {jax.__version__} ({jax.default_backend()}) vs PyTorch {torch.__version__} with "
+          f"{torch.get_num_threads()} threads; {len(os.sched_getaffinity(0))} cores; batch {args.batch}; "
+          "ms per call, XLA / PyTorch")
+    print(f"{'layer':48s} " + " ".join(f"{part:>19s}" for part in PARTS))
+    totals = np.zeros((2, 3))
+    for row in rows:
+        label = row["layer"] + (" (x2)" if row["per_step"] == 2 else "")
+        pairs = zip(row["xla_ms"], row["torch_ms"], strict=True)
+        print(f"{label:48s} " + " ".join(f"{ours:8.2f} / {theirs:8.2f}" for ours, theirs in pairs))
+        needed = np.array([1, row["layer"] != CONV_LAYERS[0][0], 1])  # no gradient for the images
+        totals += row["per_step"] * needed * np.array([row["xla_ms"], row["torch_ms"]])
+    print(f"{'sum over a step':48s} " + " ".join(f"{ours:8.2f} / {theirs:8.2f}" for ours, theirs in totals.T))
+    result = {"jax": jax.__version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "cores": len(os.sched_getaffinity(0)), "batch": args.batch, "parts": PARTS, "layers": rows,
+              "step_sum_xla_ms": totals[0].tolist(), "step_sum_torch_ms": totals[1].tolist()}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
