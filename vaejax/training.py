@@ -129,9 +129,9 @@ def batch_gradient(model: AutoEncoder, params, images_uint8, labels, weights, ke
 
     With `micro_batches` > 1 the batch is cut into that many consecutive parts, each differentiated
     as a sub-graph of its own, and the parts' gradients and terms are added, each weighted by its
-    share of the batch's real images: the same function as one part, other rounding, and other noise
-    (part i draws from `fold_in(key, i)`). It exists for speed: XLA:CPU runs one convolution on one
-    core, but independent sub-graphs side by side (measured in benchmarks/loop_structure.py).
+    share of the batch's real images: the same function as the whole batch, other rounding, other
+    noise (part i draws from `fold_in(key, i)`). It exists for speed: XLA:CPU runs one convolution on
+    one core, but independent sub-graphs side by side (benchmarks/layer_profile.py, loop_structure.py).
     """
     if micro_batches == 1:
         return jax.grad(
@@ -463,6 +463,8 @@ def train(config: Config, dataset: Dataset | None = None, log: Callable[[str], N
     if trainer.batch_sharding is not None:
         log(f"data parallel: each batch of {config.batch_size} split over {jax.device_count()} devices"
             + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""))
+    if trainer.micro_batches > 1:
+        log(f"each batch's gradient summed over {trainer.micro_batches} micro-batches differentiated side by side")
     if writes:
         checkpoint.write_metrics(workdir, history)
     observer.start_run(model, dataset)
