@@ -20,6 +20,7 @@ from flax import linen as nn
 from flax import serialization
 
 from vaejax import checkpoint
+from vaejax.batching import map_batches
 from vaejax.data import IMAGE_SIDE, NUM_CLASSES, Dataset
 from vaejax.models import images_to_float
 from vaejax.training import batch_indices, num_batches
@@ -57,12 +58,8 @@ class Classifier:
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Float images (N, 28, 28) or (N, 784) in [0, 1] -> (class probabilities, features), in batches."""
         images = np.asarray(images, np.float32).reshape(-1, IMAGE_SIDE, IMAGE_SIDE, 1)
-        probabilities, features = [], []
-        for start in range(0, len(images), PREDICT_BATCH):
-            logits, batch_features = self._apply(self.params, images[start:start + PREDICT_BATCH])
-            probabilities.append(np.asarray(jax.nn.softmax(logits)))
-            features.append(np.asarray(batch_features))
-        return np.concatenate(probabilities), np.concatenate(features)
+        logits, features = map_batches(lambda images: self._apply(self.params, images), (images,), PREDICT_BATCH)
+        return np.asarray(jax.nn.softmax(logits)), features
 
     def accuracy(self, images: np.ndarray, labels: np.ndarray) -> float:
         return float((self.predict(images)[0].argmax(axis=1) == labels).mean())

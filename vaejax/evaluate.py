@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vaejax.batching import map_batches
 from vaejax.data import IMAGE_PIXELS, IMAGE_SIDE, Dataset
 from vaejax.errors import VaejaxError
 from vaejax.losses import bce_from_logits, gaussian_kl, importance_log_weights, iwae_bound
@@ -35,20 +36,6 @@ MAX_CHUNK = 50  # importance samples decoded at once per image
 def importance_chunk(samples: int) -> int:
     """The largest divisor of `samples` up to MAX_CHUNK, so the draws split into equal chunks."""
     return max(size for size in range(1, min(samples, MAX_CHUNK) + 1) if samples % size == 0)
-
-
-def per_image(function: Callable[..., dict], arrays: tuple[np.ndarray, ...], batch_size: int) -> dict:
-    """Apply a compiled batch function to `arrays` in batches of one shape (the last one padded by
-    repeating its final row) and concatenate its per-image outputs, padding dropped."""
-    count = len(arrays[0])
-    outputs: dict[str, list] = {}
-    for batch, start in enumerate(range(0, count, batch_size)):
-        indices = np.minimum(np.arange(start, start + batch_size), count - 1)
-        result = function(*(array[indices] for array in arrays), jnp.int32(batch))
-        real = min(batch_size, count - start)
-        for name, values in result.items():
-            outputs.setdefault(name, []).append(np.asarray(values)[:real])
-    return {name: np.concatenate(values) for name, values in outputs.items()}
 
 
 def summarize(values: dict[str, np.ndarray]) -> dict[str, float]:
@@ -82,7 +69,7 @@ def likelihood_metrics(model: AutoEncoder, params, images: np.ndarray, labels: n
         kl = gaussian_kl(mean, std)
         return {"elbo": bce + kl, "bce": bce, "kl": kl, "iwae": -iwae_bound(log_weights)}
 
-    return summarize(per_image(batch_metrics, (images, labels), batch_size))
+    return summarize(map_batches(batch_metrics, (images, labels), batch_size, pass_batch_index=True))
 
 
 def reconstruction_metrics(model: AutoEncoder, params, images: np.ndarray, labels: np.ndarray,
@@ -91,7 +78,7 @@ def reconstruction_metrics(model: AutoEncoder, params, images: np.ndarray, label
     latent mean, against the pixels the model was trained to reproduce."""
 
     @jax.jit
-    def batch_metrics(images_uint8, labels, batch):
+    def batch_metrics(images_uint8, labels):
         pixels = images_to_float(images_uint8)
         logits = decode(model, params, encode(model, params, pixels, labels)[0], labels)
         targets = pixels.reshape(-1, IMAGE_PIXELS)
@@ -104,7 +91,7 @@ def reconstruction_metrics(model: AutoEncoder, params, images: np.ndarray, label
             "ssim": ssim(probabilities.reshape(side), targets.reshape(side)),
         }
 
-    return summarize(per_image(batch_metrics, (images, labels), batch_size))
+    return summarize(map_batches(batch_metrics, (images, labels), batch_size))
 
 
 def judge(classifier, pixels: np.ndarray, reference_stats) -> tuple[dict[str, float], np.ndarray]:

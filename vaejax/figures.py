@@ -21,6 +21,7 @@ matplotlib.use("Agg")  # headless: figures go to files
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from vaejax.batching import map_batches  # noqa: E402
 from vaejax.config import Config  # noqa: E402
 from vaejax.data import IMAGE_SIDE, Dataset  # noqa: E402
 from vaejax.models import AutoEncoder, decode, encode, images_to_float  # noqa: E402
@@ -70,10 +71,7 @@ class RunFigures:
 
     def test_means(self, params, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Latent means of many images, encoded in batches."""
-        return np.concatenate([
-            np.asarray(self.to_means(params, images[start:start + ENCODE_BATCH], labels[start:start + ENCODE_BATCH]))
-            for start in range(0, len(images), ENCODE_BATCH)
-        ])
+        return map_batches(lambda images, labels: self.to_means(params, images, labels), (images, labels), ENCODE_BATCH)
 
     def write_epoch(self, epoch: int, params, history: list[dict]) -> EpochImages:
         """All figures of `epoch` (its number in the file names), drawn with `params`, and the

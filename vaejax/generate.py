@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vaejax.batching import map_batches
 from vaejax.data import IMAGE_SIDE, NUM_CLASSES, write_idx
 from vaejax.errors import VaejaxError
 from vaejax.models import AutoEncoder, decode, encode, images_to_float
@@ -43,12 +44,9 @@ def prior_samples(model: AutoEncoder, params, key: jax.Array, count: int, labels
         raise VaejaxError("a conditional model needs labels to generate")
     latent_dim = model.encoder.latent_dim
     to_pixels = jax.jit(lambda params, z, labels: jax.nn.sigmoid(decode(model, params, z, labels)))
-    z = jax.random.normal(key, (count, latent_dim))
+    z = np.asarray(jax.random.normal(key, (count, latent_dim)))
     labels = np.zeros(count, np.int32) if labels is None else np.asarray(labels, np.int32)
-    return np.concatenate([
-        np.asarray(to_pixels(params, z[start:start + DECODE_BATCH], labels[start:start + DECODE_BATCH]))
-        for start in range(0, count, DECODE_BATCH)
-    ])
+    return map_batches(lambda z, labels: to_pixels(params, z, labels), (z, labels), DECODE_BATCH)
 
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:
