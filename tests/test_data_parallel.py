@@ -37,22 +37,26 @@ def test_eight_devices_match_one_and_repeat_bitwise(tmp_path):
 
 def test_the_batch_is_split_and_gradients_all_reduced():
     code = """
-import jax, optax
+import jax, jax.numpy as jnp, optax
 from vaejax.data import load_bundled_mnist
 from vaejax.models import build_model
-from vaejax.training import Trainer, init_state, seed_keys, epoch_keys
+from vaejax.training import Trainer, init_state, seed_keys, epoch_keys, zero_sums
 d = load_bundled_mnist(); model = build_model("dense_ae", 2); opt = optax.adam(1e-3); keys = seed_keys(0)
 t = Trainer(model, opt, 64, d.limited(256), keys.eval)
 state = t.place(init_state(model, opt, keys, t.steps))
 _, shuffle, root = epoch_keys(state.rng)
 order = jax.random.permutation(shuffle, 256)
 hlo = t.train_step.lower(state, *t.train_data, order, root).compile().as_text()
-print(len(jax.devices()), tuple(t.batch_sharding.spec), "all-reduce" in hlo)
+sums = t.place(zero_sums())
+eval_hlo = t.eval_step.lower(state.params, sums, *t.test_data, jnp.int32(0), t.eval_key).compile().as_text()
+print(len(jax.devices()), tuple(t.batch_sharding.spec), "all-reduce" in hlo, "all-reduce" in eval_hlo)
+print(eval_hlo.count("f32[125,784]") > 0, eval_hlo.count("f32[1000,784]"))
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                             env={**os.environ, **EIGHT_DEVICES}, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["8", "('data',)", "True"]
+    # Training and evaluation: each device computes its 1/8 of the batch (125 of 1000 test images).
+    assert result.stdout.split() == ["8", "('data',)", "True", "True", "True", "0"]
 
 
 def test_batch_must_divide_over_the_devices(tmp_path):

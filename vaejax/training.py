@@ -234,17 +234,23 @@ def choose_micro_batches(micro_batches: int | None, model_name: str, backend: st
     return 1 if devices > 1 else MEASURED_FASTER_MICRO_BATCHES.get((backend, model_name), 1)
 
 
-def make_eval_step(model: AutoEncoder):
-    """A compiled (params, sums, images, labels, batch, key) -> sums step over the test set in order."""
+def make_eval_step(model: AutoEncoder, batch_sharding: NamedSharding | None = None,
+                   replicated: NamedSharding | None = None):
+    """A compiled (params, sums, images, labels, batch, key) -> sums step over the test set in order.
+    With `batch_sharding` each device evaluates its slice of the batch and the sums come out
+    `replicated`."""
 
     def eval_step(params, sums: dict, test_images, test_labels, batch, eval_key):
         order = jnp.arange(test_images.shape[0])
         indices, weights = batch_indices(order, batch, EVAL_BATCH_SIZE)
+        images, labels = test_images[indices], test_labels[indices]
+        if batch_sharding is not None:
+            images, labels, weights = jax.lax.with_sharding_constraint((images, labels, weights), batch_sharding)
         key = jax.random.fold_in(eval_key, batch)
-        _, terms = batch_loss(model, params, test_images[indices], test_labels[indices], weights, key)
+        _, terms = batch_loss(model, params, images, labels, weights, key)
         return accumulate(sums, terms, weights, batch)
 
-    return jax.jit(eval_step, donate_argnums=(1,))
+    return jax.jit(eval_step, donate_argnums=(1,), out_shardings=replicated)
 
 
 def epoch_means(sums: dict) -> dict[str, float]:
@@ -317,7 +323,9 @@ class Trainer:
         self.train_step = jax.jit(step, donate_argnums=donated)
         unroll = SCAN_UNROLL if self.loop == "unrolled" else 1
         self.train_scan = jax.jit(make_epoch_scan(step, self.steps, unroll), donate_argnums=donated)
-        self.eval_step = make_eval_step(self.model)
+        # The test batches are split over the devices too, when they divide evenly.
+        divides = self.batch_sharding is not None and EVAL_BATCH_SIZE % jax.device_count() == 0
+        self.eval_step = make_eval_step(self.model, self.batch_sharding if divides else None, self.replicated)
         self.eval_key = self.place(self.eval_key)
         # Compiled with placed outputs: over several processes every array a step reads must be global.
         count = self.dataset.train_images.shape[0]
