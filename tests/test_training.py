@@ -146,6 +146,17 @@ def test_micro_batches_sum_to_the_whole_batch_gradient(small_mnist, micro_batche
     assert all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(grads))
 
 
+def test_evaluation_in_micro_batches_gives_the_same_test_metrics(small_mnist):
+    model = build_model("dense_ae", 2)
+    optimizer = optax.adam(1e-3)
+    keys = seed_keys(0)
+    params = init_params(model, keys.init)
+    metrics = [Trainer(model, optimizer, 64, small_mnist, keys.eval, micro_batches=parts).evaluate(params)
+               for parts in (1, 2)]
+    for name in ("loss", "bce", "kl"):
+        np.testing.assert_allclose(metrics[1][name], metrics[0][name], rtol=1e-6)
+
+
 def test_micro_batches_of_a_vae_draw_each_part_from_its_own_key(small_mnist):
     model = build_model("conv_vae", 2)
     params = init_params(model, jax.random.key(0))

@@ -123,35 +123,37 @@ def accumulate(sums: dict, terms: dict, weights: jax.Array, step: jax.Array) -> 
     return added
 
 
-def batch_gradient(model: AutoEncoder, params, images_uint8, labels, weights, key, binarize: bool = False,
-                   micro_batches: int = 1) -> tuple[dict, dict]:
-    """The gradient of the batch loss, and its terms.
+def micro_batch_loss(model: AutoEncoder, params, images_uint8, labels, weights, key, binarize: bool = False,
+                     micro_batches: int = 1) -> tuple[jax.Array, dict]:
+    """`batch_loss`, computed over `micro_batches` consecutive parts of the batch.
 
-    With `micro_batches` > 1 the batch is cut into that many consecutive parts, each differentiated
-    as a sub-graph of its own, and the parts' gradients and terms are added, each weighted by its
-    share of the batch's real images: the same function as the whole batch, other rounding, other
-    noise (part i draws from `fold_in(key, i)`). It exists for speed: XLA:CPU runs one convolution on
-    one core, but independent sub-graphs side by side (benchmarks/layer_profile.py, loop_structure.py).
+    Each part's terms are weighted by its share of the batch's real images and added: the same
+    function as the whole batch, other rounding, other noise (part i draws from `fold_in(key, i)`).
+    The parts are independent sub-graphs, forward and backward, and XLA:CPU runs independent
+    sub-graphs side by side while it runs one convolution on one core (benchmarks/layer_profile.py,
+    loop_structure.py): that is what they are for.
     """
     if micro_batches == 1:
-        return jax.grad(
-            lambda params: batch_loss(model, params, images_uint8, labels, weights, key, binarize), has_aux=True,
-        )(params)
-
-    def part_loss(params, images_uint8, labels, weights, key, share):
-        loss, terms = batch_loss(model, params, images_uint8, labels, weights, key, binarize)
-        return loss * share, jax.tree.map(lambda term: term * share, terms)
-
+        return batch_loss(model, params, images_uint8, labels, weights, key, binarize)
     count = jnp.maximum(weights.sum(), 1.0)
     parts = zip(*(jnp.array_split(array, micro_batches) for array in (images_uint8, labels, weights)), strict=True)
-    grads, terms = [], []
+    weighted_terms = []
     for index, (part_images, part_labels, part_weights) in enumerate(parts):
         share = part_weights.sum() / count  # a part's terms are means over its own real images
-        part_grads, part_terms = jax.grad(part_loss, has_aux=True)(
-            params, part_images, part_labels, part_weights, jax.random.fold_in(key, index), share)
-        grads.append(part_grads)
-        terms.append(part_terms)
-    return add_trees(grads), add_trees(terms)
+        _, terms = batch_loss(model, params, part_images, part_labels, part_weights, jax.random.fold_in(key, index),
+                              binarize)
+        weighted_terms.append(jax.tree.map(lambda term, share=share: term * share, terms))
+    terms = add_trees(weighted_terms)
+    return terms["loss"], terms
+
+
+def batch_gradient(model: AutoEncoder, params, images_uint8, labels, weights, key, binarize: bool = False,
+                   micro_batches: int = 1) -> tuple[dict, dict]:
+    """The gradient of `micro_batch_loss` with respect to `params`, and its terms."""
+    return jax.grad(
+        lambda params: micro_batch_loss(model, params, images_uint8, labels, weights, key, binarize, micro_batches),
+        has_aux=True,
+    )(params)
 
 
 def add_trees(trees: list):
@@ -167,7 +169,7 @@ def make_train_step(model: AutoEncoder, optimizer: optax.GradientTransformation,
     crosses to the host per step. With `binarize` each step draws a fresh binarization of its batch
     (dynamic binarization). With `batch_sharding` the batch is split over the devices and
     XLA adds the gradient all-reduce (params and state stay replicated). With `micro_batches` > 1 the
-    gradient is the sum over that many parts of the batch (`batch_gradient`).
+    loss is the sum over that many parts of the batch (`micro_batch_loss`).
     """
 
     def train_step(state: TrainState, train_images, train_labels, order, step_root) -> TrainState:
@@ -219,7 +221,7 @@ def choose_loop(loop: str, model_name: str, backend: str) -> str:
     return MEASURED_FASTER_LOOP.get((backend, model_name), "step")
 
 
-# How many micro-batches (`batch_gradient`) ran fastest, measured with benchmarks/loop_structure.py
+# How many micro-batches (`micro_batch_loss`) ran fastest, measured with benchmarks/loop_structure.py
 # on the 2-core CPU (ms per step for 1 / 2 / 4): conv_vae 190.8 / 123.7 / 130.2, conv_cvae 187.7 /
 # 132.0 / 138.6 (per-step loop); dense_ae 0.52 / 0.55 (scan). XLA:CPU runs each convolution on one
 # core (benchmarks/layer_profile.py), two independent halves of the batch on two. Elsewhere: 1.
@@ -235,10 +237,10 @@ def choose_micro_batches(micro_batches: int | None, model_name: str, backend: st
 
 
 def make_eval_step(model: AutoEncoder, batch_sharding: NamedSharding | None = None,
-                   replicated: NamedSharding | None = None):
+                   replicated: NamedSharding | None = None, micro_batches: int = 1):
     """A compiled (params, sums, images, labels, batch, key) -> sums step over the test set in order.
     With `batch_sharding` each device evaluates its slice of the batch and the sums come out
-    `replicated`."""
+    `replicated`; with `micro_batches` the batch is evaluated in parts side by side."""
 
     def eval_step(params, sums: dict, test_images, test_labels, batch, eval_key):
         order = jnp.arange(test_images.shape[0])
@@ -247,7 +249,7 @@ def make_eval_step(model: AutoEncoder, batch_sharding: NamedSharding | None = No
         if batch_sharding is not None:
             images, labels, weights = jax.lax.with_sharding_constraint((images, labels, weights), batch_sharding)
         key = jax.random.fold_in(eval_key, batch)
-        _, terms = batch_loss(model, params, images, labels, weights, key)
+        _, terms = micro_batch_loss(model, params, images, labels, weights, key, micro_batches=micro_batches)
         return accumulate(sums, terms, weights, batch)
 
     return jax.jit(eval_step, donate_argnums=(1,), out_shardings=replicated)
@@ -301,7 +303,7 @@ class Trainer:
     eval_key: jax.Array
     loop: str = "step"  # "step": one compiled call per step; "scan", "unrolled": one per epoch
     binarize: bool = False
-    micro_batches: int = 1  # parts of a batch differentiated side by side (`batch_gradient`)
+    micro_batches: int = 1  # parts of a batch computed side by side (`micro_batch_loss`)
 
     def __post_init__(self):
         self.steps = num_batches(self.dataset.train_images.shape[0], self.batch_size)
@@ -325,7 +327,8 @@ class Trainer:
         self.train_scan = jax.jit(make_epoch_scan(step, self.steps, unroll), donate_argnums=donated)
         # The test batches are split over the devices too, when they divide evenly.
         divides = self.batch_sharding is not None and EVAL_BATCH_SIZE % jax.device_count() == 0
-        self.eval_step = make_eval_step(self.model, self.batch_sharding if divides else None, self.replicated)
+        self.eval_step = make_eval_step(self.model, self.batch_sharding if divides else None, self.replicated,
+                                        self.micro_batches)
         self.eval_key = self.place(self.eval_key)
         # Compiled with placed outputs: over several processes every array a step reads must be global.
         count = self.dataset.train_images.shape[0]
