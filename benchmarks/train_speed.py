@@ -5,9 +5,11 @@
 For each seed model at its seed batch size: milliseconds per training step (median over repeats
 of a window of steps, compile excluded), images per second, the implied time of a full MNIST
 epoch, vaejax's compile time, and the ratio vaejax / PyTorch (below 1: vaejax is faster). vaejax
-runs its real Trainer with `--loop auto --micro_batches auto`; PyTorch runs eager with the same layers, loss, Adam and
-uint8 data gathered by index. First it checks that both compute the same function (parameter
-count; loss on the same weights and inputs). Needs `pip install torch` (CPU build: torch==2.13.0).
+runs its real Trainer with `--loop auto --micro_batches auto`; PyTorch runs eager with the same
+layers, loss, Adam and uint8 data gathered by index, on the GPU when PyTorch sees one. The window
+is a few hundred milliseconds of steps on CPU and a whole MNIST epoch on an accelerator. First it
+checks that both compute the same function (parameter count; loss on the same weights and
+inputs). Needs `pip install torch` (CPU build: torch==2.13.0).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from vaejax.losses import loss_terms  # noqa: E402
 from vaejax.models import build_model, count_params, images_to_float, init_params  # noqa: E402
 from vaejax.training import Trainer, choose_loop, choose_micro_batches, init_state, num_batches, seed_keys, zero_sums  # noqa: E402
 
-WINDOW_STEPS = {"conv_vae": 20, "dense_ae": 400}  # steps timed per repeat: about a second or more
+CPU_WINDOW_STEPS = {"conv_vae": 20, "dense_ae": 400}  # steps timed per repeat on CPU: a second or more
 
 
 def same_function(name: str, images: np.ndarray) -> dict:
@@ -95,26 +97,30 @@ def time_vaejax(name: str, dataset: Dataset, steps: int, repeats: int) -> dict:
 
 
 def time_torch(name: str, images: np.ndarray, steps: int, repeats: int) -> dict:
+    """PyTorch eager on its GPU when it has one (the peer of a GPU run), else on the CPU."""
     import torch
 
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     settings = MODEL_DEFAULTS[name]
     batch = settings["batch_size"]
     torch.manual_seed(0)
-    model = peer.build(name)
+    model = peer.build(name).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings["learning_rate"])
-    data = torch.from_numpy(images[: steps * batch].copy())
-    generator = torch.Generator().manual_seed(0)
+    data = torch.from_numpy(images[: steps * batch].copy()).to(device)
+    generator = torch.Generator(device=device).manual_seed(0)
 
     def window():
-        order = torch.randperm(len(data), generator=generator)
+        order = torch.randperm(len(data), generator=generator, device=device)
         for step in range(steps):
             pixels = data[order[step * batch:(step + 1) * batch]].unsqueeze(1).float() / 255.0
-            eps = torch.randn(batch, 2, generator=generator)
+            eps = torch.randn(batch, 2, generator=generator, device=device)
             logits, mean, std = model(pixels, eps)
             loss = peer.loss_terms(logits, pixels, mean, std)[0]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()  # GPU work is asynchronous: the window ends when it is done
 
     window()  # warm-up: allocator, kernels
     times = []
@@ -123,7 +129,8 @@ def time_torch(name: str, images: np.ndarray, steps: int, repeats: int) -> dict:
         window()
         times.append(time.perf_counter() - started)
     seconds = statistics.median(times)
-    return {"ms_per_step": 1e3 * seconds / steps, "threads": torch.get_num_threads(),
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return {"ms_per_step": 1e3 * seconds / steps, "threads": torch.get_num_threads(), "device": device_name,
             "version": torch.__version__, "repeats_ms_per_step": [1e3 * t / steps for t in times]}
 
 
@@ -138,12 +145,13 @@ def main() -> None:
     results = {"backend": jax.default_backend(), "device": getattr(device, "device_kind", str(device)),
                "jax": jax.__version__, "machine": platform.processor() or platform.machine(), "models": {}}
     for name in args.models:
-        steps, batch = WINDOW_STEPS[name], MODEL_DEFAULTS[name]["batch_size"]
+        batch = MODEL_DEFAULTS[name]["batch_size"]
+        epoch_steps = num_batches(len(mnist.train_images), batch)
+        steps = CPU_WINDOW_STEPS[name] if results["backend"] == "cpu" else epoch_steps
         ours = time_vaejax(name, mnist, steps, args.repeats)
         theirs = time_torch(name, mnist.train_images, steps, args.repeats)
-        epoch_steps = num_batches(len(mnist.train_images), batch)
         results["models"][name] = {
-            "batch_size": batch, "same_function": same_function(name, mnist.test_images),
+            "batch_size": batch, "window_steps": steps, "same_function": same_function(name, mnist.test_images),
             "vaejax": ours | {"images_per_s": 1e3 * batch / ours["ms_per_step"],
                               "epoch_s": epoch_steps * ours["ms_per_step"] / 1e3},
             "torch": theirs | {"images_per_s": 1e3 * batch / theirs["ms_per_step"],
@@ -154,7 +162,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"backend {results['backend']} ({results['device']}), JAX {results['jax']}; "
-          f"PyTorch {theirs['version']} with {theirs['threads']} threads")
+          f"PyTorch {theirs['version']} eager on {theirs['device']} with {theirs['threads']} threads")
     print(f"{'model':9s} {'batch':>5s} {'loop':>8s} {'vaejax ms':>10s} {'torch ms':>9s} {'ratio':>6s} "
           f"{'vaejax img/s':>12s} {'torch img/s':>11s} {'epoch s':>15s} {'compile s':>9s} {'same loss':>9s}")
     for name, row in results["models"].items():
