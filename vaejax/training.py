@@ -143,7 +143,7 @@ def micro_batch_loss(model: AutoEncoder, params, images_uint8, labels, weights, 
         _, terms = batch_loss(model, params, part_images, part_labels, part_weights, jax.random.fold_in(key, index),
                               binarize)
         weighted_terms.append(jax.tree.map(lambda term, share=share: term * share, terms))
-    terms = add_trees(weighted_terms)
+    terms = jax.tree.map(lambda *parts: functools.reduce(jnp.add, parts), *weighted_terms)
     return terms["loss"], terms
 
 
@@ -154,11 +154,6 @@ def batch_gradient(model: AutoEncoder, params, images_uint8, labels, weights, ke
         lambda params: micro_batch_loss(model, params, images_uint8, labels, weights, key, binarize, micro_batches),
         has_aux=True,
     )(params)
-
-
-def add_trees(trees: list):
-    """Leaf-wise sum of trees of the same structure, in list order."""
-    return jax.tree.map(lambda *leaves: functools.reduce(jnp.add, leaves), *trees)
 
 
 def make_train_step(model: AutoEncoder, optimizer: optax.GradientTransformation, batch_size: int,
