@@ -86,6 +86,15 @@ def batch_indices(order: jax.Array, step: jax.Array, batch_size: int) -> tuple[j
     return order[jnp.minimum(positions, count - 1)], weights
 
 
+def gather_batch(images, labels, order: jax.Array, step: jax.Array, batch_size: int,
+                 batch_sharding: NamedSharding | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Batch `step` of device-resident `images` and `labels` in `order`, with its 1/0 weights; with
+    `batch_sharding`, split over the devices (each computes its slice)."""
+    indices, weights = batch_indices(order, step, batch_size)
+    batch = images[indices], labels[indices], weights
+    return batch if batch_sharding is None else jax.lax.with_sharding_constraint(batch, batch_sharding)
+
+
 def batch_loss(model: AutoEncoder, params, images_uint8, labels, weights, key, binarize: bool = False
                ) -> tuple[jax.Array, dict]:
     """The weighted batch loss and its terms; with `binarize`, pixels are first drawn as Bernoulli(intensity)."""
@@ -169,10 +178,7 @@ def make_train_step(model: AutoEncoder, optimizer: optax.GradientTransformation,
 
     def train_step(state: TrainState, train_images, train_labels, order, step_root) -> TrainState:
         step = state.step
-        indices, weights = batch_indices(order, step, batch_size)
-        images, labels = train_images[indices], train_labels[indices]
-        if batch_sharding is not None:
-            images, labels, weights = jax.lax.with_sharding_constraint((images, labels, weights), batch_sharding)
+        images, labels, weights = gather_batch(train_images, train_labels, order, step, batch_size, batch_sharding)
         key = jax.random.fold_in(step_root, step)
         grads, terms = batch_gradient(model, state.params, images, labels, weights, key, binarize, micro_batches)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -239,10 +245,8 @@ def make_eval_step(model: AutoEncoder, batch_sharding: NamedSharding | None = No
 
     def eval_step(params, sums: dict, test_images, test_labels, batch, eval_key):
         order = jnp.arange(test_images.shape[0])
-        indices, weights = batch_indices(order, batch, EVAL_BATCH_SIZE)
-        images, labels = test_images[indices], test_labels[indices]
-        if batch_sharding is not None:
-            images, labels, weights = jax.lax.with_sharding_constraint((images, labels, weights), batch_sharding)
+        images, labels, weights = gather_batch(test_images, test_labels, order, batch, EVAL_BATCH_SIZE,
+                                               batch_sharding)
         key = jax.random.fold_in(eval_key, batch)
         _, terms = micro_batch_loss(model, params, images, labels, weights, key, micro_batches=micro_batches)
         return accumulate(sums, terms, weights, batch)
