@@ -4,6 +4,13 @@ from pathlib import Path
 
 import pytest
 
+# One test suite for every backend: subprocess tests share one GPU (no process takes most of its
+# memory up front), and in-process runs use deterministic kernels as train.py does by default.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+from vaejax.devices import use_deterministic_kernels  # noqa: E402
+
+use_deterministic_kernels()
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -31,3 +38,15 @@ def run_cli(*args, cwd=None, env=None):
         [sys.executable, str(ROOT / "train.py"), *args],
         cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600,
     )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` run only where JAX's default backend is a GPU."""
+    import jax
+
+    if jax.default_backend() == "gpu":
+        return
+    skip = pytest.mark.skip(reason="needs a GPU (JAX's default backend here is not one)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

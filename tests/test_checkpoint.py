@@ -13,7 +13,7 @@ from vaejax import checkpoint
 from vaejax.config import Config
 from vaejax.errors import VaejaxError
 from vaejax.models import build_model
-from vaejax.training import init_state, seed_keys
+from vaejax.steps import init_state, seed_keys
 
 
 def make_state(model_name="dense_ae", latent_dim=2, seed=0, epoch=0):

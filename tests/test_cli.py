@@ -1,6 +1,7 @@
 import json
-from pathlib import Path
+import os
 
+import jax
 import pytest
 from conftest import run_cli
 
@@ -8,7 +9,7 @@ from vaejax.cli import build_parser
 
 FLAGS = ["--model", "--dataset", "--data_dir", "--latent_dim", "--epochs", "--batch_size",
          "--learning_rate", "--seed", "--workdir", "--resume", "--inputs_decoder",
-         "--test_image_number", "--plot_latent", "--limit", "--deterministic", "--loop", "--overwrite", "--binarize",
+         "--test_image_number", "--plot_latent", "--limit", "--nondeterministic", "--loop", "--overwrite", "--binarize",
          "--micro_batches"]
 
 
@@ -49,7 +50,7 @@ def test_invalid_values_end_in_one_line_and_exit_code_2(tmp_path, args, message)
 def test_quick_run_writes_the_work_directory(tmp_path):
     result = run_cli("--latent_dim", "2", "--epochs", "1", "--limit", "2048", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "backend cpu" in result.stdout and "epoch   1/1" in result.stdout
+    assert f"backend {jax.default_backend()}" in result.stdout and "epoch   1/1" in result.stdout
     workdir = tmp_path / "runs" / "conv_vae-mnist-z2-s0"
     assert json.loads((workdir / "config.json").read_text())["limit"] == 2048
     assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 1
@@ -59,13 +60,25 @@ def test_quick_run_writes_the_work_directory(tmp_path):
         assert (workdir / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_deterministic_flag_sets_xla_flags(monkeypatch):
-    from vaejax import cli
+def test_deterministic_kernels_are_asked_for_by_default_and_can_be_declined(monkeypatch):
+    from vaejax import devices
 
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
-    cli.enable_deterministic_ops()
-    import os
+    devices.use_deterministic_kernels()
+    devices.use_deterministic_kernels()  # once only
+    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=1 --xla_gpu_deterministic_ops=true"
+    devices.use_deterministic_kernels(False)
+    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=1"
+    assert build_parser().parse_args([]).deterministic
+    assert not build_parser().parse_args(["--nondeterministic"]).deterministic
 
-    assert os.environ["XLA_FLAGS"] == (
-        "--xla_force_host_platform_device_count=1 --xla_gpu_deterministic_ops=true")
-    assert Path(cli.__file__).exists()
+
+def test_the_run_records_what_its_bits_depend_on(tmp_path):
+    result = run_cli("--model", "dense_ae", "--epochs", "1", "--limit", "256", "--no-tensorboard",
+                     "--workdir", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    environment = json.loads((tmp_path / "run" / "config.json").read_text())["environment"]
+    assert environment["backend"] == jax.default_backend() and environment["jax"] == jax.__version__
+    assert environment["loop"] == "scan" and environment["micro_batches"] == 1  # dense_ae's measured choice
+    assert "--xla_gpu_deterministic_ops=true" in environment["xla_flags"] and environment["deterministic_kernels"]
+    assert {"device_kind", "jaxlib", "device_count", "process_count"} <= environment.keys()

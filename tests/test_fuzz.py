@@ -13,7 +13,7 @@ from vaejax.config import Config
 from vaejax.data import IMAGES_MAGIC, LABELS_MAGIC, parse_idx, read_bytes
 from vaejax.errors import VaejaxError
 from vaejax.models import build_model
-from vaejax.training import init_state, seed_keys
+from vaejax.steps import init_state, seed_keys
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -106,7 +106,7 @@ def _template(config):
     import optax
 
     from vaejax.models import build_model
-    from vaejax.training import init_state, seed_keys
+    from vaejax.steps import init_state, seed_keys
 
     steps_per_epoch = 512 // config.batch_size
     return init_state(build_model(config.model, config.latent_dim), optax.adam(config.learning_rate),

@@ -10,19 +10,11 @@ import pytest
 
 from vaejax import checkpoint
 from vaejax.config import Config
+from vaejax.devices import choose_loop, choose_micro_batches, plan_devices
 from vaejax.errors import VaejaxError
 from vaejax.models import binarize_pixels, build_model, images_to_float, init_params
-from vaejax.training import (
-    Trainer,
-    batch_gradient,
-    batch_indices,
-    batch_loss,
-    choose_micro_batches,
-    init_state,
-    num_batches,
-    seed_keys,
-    train,
-)
+from vaejax.steps import batch_gradient, batch_indices, batch_loss, init_state, num_batches, seed_keys
+from vaejax.training import Trainer, train
 
 
 def quiet(_line):
@@ -106,7 +98,8 @@ def test_last_partial_batch_is_used_and_compiled_once(small_mnist, micro_batches
     optimizer = optax.adam(1e-3)
     keys = seed_keys(0)
     # 512 images in batches of 100: the last holds 12, so with 3 parts two of them hold no real image.
-    trainer = Trainer(model, optimizer, 100, small_mnist, keys.eval, micro_batches=micro_batches)
+    plan = plan_devices("dense_ae", 100, loop="step", micro_batches=micro_batches)
+    trainer = Trainer(model, optimizer, 100, small_mnist, keys.eval, plan)
     state = init_state(model, optimizer, keys, trainer.steps)
     for _ in range(2):
         state = trainer.train_epoch(state).replace(step=jnp.int32(0))
@@ -151,7 +144,8 @@ def test_evaluation_in_micro_batches_gives_the_same_test_metrics(small_mnist):
     optimizer = optax.adam(1e-3)
     keys = seed_keys(0)
     params = init_params(model, keys.init)
-    metrics = [Trainer(model, optimizer, 64, small_mnist, keys.eval, micro_batches=parts).evaluate(params)
+    metrics = [Trainer(model, optimizer, 64, small_mnist, keys.eval,
+                       plan_devices("dense_ae", 64, loop="step", micro_batches=parts)).evaluate(params)[0]
                for parts in (1, 2)]
     for name in ("loss", "bce", "kl"):
         np.testing.assert_allclose(metrics[1][name], metrics[0][name], rtol=1e-6)
@@ -179,9 +173,34 @@ def test_micro_batches_auto_follows_the_measurements():
     assert choose_micro_batches(None, "conv_vae", "cpu", devices=1) == 2
     assert choose_micro_batches(None, "conv_cvae", "cpu", devices=1) == 2
     assert choose_micro_batches(None, "dense_ae", "cpu", devices=1) == 1
-    assert choose_micro_batches(None, "conv_vae", "gpu", devices=1) == 1  # not measured there: whole batches
+    assert choose_micro_batches(None, "conv_vae", "gpu", devices=1) == 1  # one GPU: whole batches win
     assert choose_micro_batches(None, "conv_vae", "cpu", devices=8) == 1  # the devices split the batch already
     assert choose_micro_batches(3, "dense_ae", "cpu", devices=1) == 3
+
+
+def test_loop_auto_is_the_epoch_scan_on_accelerators_and_the_measured_loop_on_cpu():
+    for backend in ("gpu", "tpu"):
+        assert {choose_loop("auto", model, backend) for model in ("conv_vae", "conv_cvae", "dense_ae")} == {"scan"}
+    assert choose_loop("auto", "conv_vae", "cpu") == "step" and choose_loop("auto", "dense_ae", "cpu") == "scan"
+    assert choose_loop("unrolled", "conv_vae", "gpu") == "unrolled"
+
+
+def test_evaluation_in_one_scan_equals_a_call_per_batch(small_mnist):
+    """The accelerators' evaluation (every test batch in one compiled call) gives the per-batch
+    loop's metrics and latent means."""
+    model = build_model("conv_vae", 2)
+    keys = seed_keys(0)
+    params = init_params(model, keys.init)
+    dataset = dataclasses.replace(small_mnist, test_images=np.concatenate([small_mnist.test_images] * 4),
+                                  test_labels=np.concatenate([small_mnist.test_labels] * 4))  # 1200: 2 batches
+    results = [Trainer(model, optax.adam(1e-3), 64, dataset, keys.eval,
+                       plan_devices("conv_vae", 64, loop=loop, micro_batches=1)).evaluate(params)
+               for loop in ("step", "scan")]
+    (by_step, step_means), (by_scan, scan_means) = results
+    assert step_means.shape == scan_means.shape == (1200, 2)
+    np.testing.assert_allclose(scan_means, step_means, rtol=1e-5, atol=1e-6)
+    for name in ("loss", "bce", "kl"):
+        np.testing.assert_allclose(by_scan[name], by_step[name], rtol=1e-5)
 
 
 def test_batches_cover_every_image_once():
@@ -228,7 +247,7 @@ def test_dynamic_binarization_draws_a_fresh_binary_batch_from_the_step_key(small
 
 def test_binarized_run_evaluates_on_the_fixed_binary_test_set(tmp_path, small_mnist):
     trainer = Trainer(build_model("dense_ae", 2), optax.adam(1e-3), 64, small_mnist, seed_keys(0).eval,
-                      binarize=True)
+                      plan_devices("dense_ae", 64), binarize=True)
     test_images = np.asarray(trainer.test_data[0])
     assert set(np.unique(test_images).tolist()) == {0, 255}
     result = train(dense_config(tmp_path, binarize="dynamic"), small_mnist, log=quiet)

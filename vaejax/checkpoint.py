@@ -5,6 +5,7 @@ Checkpoints are msgpack (flax.serialization): loading one decodes plain arrays a
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ CHECKPOINT_FILE = "checkpoint.msgpack"
 PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.msgpack"
 PARAMS_FILE = "params.msgpack"
 FORMAT_VERSION = 1
+ENVIRONMENT_KEY = "environment"  # in config.json: what the run's bits depend on beyond its options
 PAYLOAD_KEYS = {"model", "latent_dim", "config_hash", "history", "state"}
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, PARAMS_FILE)
 
@@ -82,8 +84,9 @@ def _umask() -> int:
     return mask
 
 
-def prepare_workdir(workdir: Path, config: Config) -> None:
-    """Create the work directory, refusing to clobber another run, and write config.json.
+def prepare_workdir(workdir: Path, config: Config, environment: dict | None = None) -> None:
+    """Create the work directory, refusing to clobber another run, and write config.json (with the
+    `environment` the bits depend on: backend, versions, XLA flags, loop; see DevicePlan.bits_record).
 
     `--resume` continues the run there, or starts it when it has no checkpoint yet (so a job can
     always be launched with --resume); its configuration must be the same.
@@ -108,7 +111,7 @@ def prepare_workdir(workdir: Path, config: Config) -> None:
             f"{workdir} already holds a run: pass --resume to continue it, --overwrite to replace it, "
             "or another --workdir"
         )
-    atomic_write(config_path, config.to_json().encode())
+    write_json(config_path, dataclasses.asdict(config) | {ENVIRONMENT_KEY: environment or {}})
 
 
 def _check_writable(workdir: Path) -> None:
@@ -124,6 +127,7 @@ def read_run_config(workdir: Path) -> Config:
     """The Config a run in `workdir` was trained with, pointing at `workdir` wherever it was made."""
     path = workdir / CONFIG_FILE
     saved = read_json(path) | {"workdir": str(workdir)}
+    saved.pop(ENVIRONMENT_KEY, None)
     try:
         return Config(**saved).resolved()
     except TypeError as error:
@@ -165,7 +169,7 @@ def encode_checkpoint(config: Config, state, history: list[dict]) -> bytes:
         "model": config.model,
         "latent_dim": config.latent_dim,
         "history": json.dumps(history),
-        "state": _state_dict(state),
+        "state": host_state(state),
     })
     return serialization.msgpack_serialize({
         "format_version": FORMAT_VERSION, "sha256": hashlib.sha256(body).hexdigest(), "body": body,
@@ -218,7 +222,7 @@ def restore_state(workdir: Path, config: Config, template, log: Callable[[str], 
         )
     if payload["config_hash"] != config.result_hash():
         raise VaejaxError(f"{path}: checkpoint belongs to a run with a different configuration")
-    _check_same_shapes(path, _state_dict(template), payload["state"])
+    _check_same_shapes(path, host_state(template), payload["state"])
     try:
         history = json.loads(payload["history"])
     except (TypeError, ValueError):
@@ -231,9 +235,13 @@ def restore_state(workdir: Path, config: Config, template, log: Callable[[str], 
     return state, history
 
 
-def _state_dict(state) -> dict:
-    """The state as nested dicts of arrays; the typed PRNG key as its raw uint32 data."""
-    return serialization.to_state_dict(state) | {"rng": np.asarray(jax.random.key_data(state.rng))}
+def host_state(state) -> dict:
+    """What a checkpoint stores of a train state: nested dicts of host arrays, the typed PRNG key as
+    its raw uint32 data (a dict passes as it is). Made in the training thread, so that the
+    background writer never reads device buffers that the next step may donate."""
+    if isinstance(state, dict):
+        return state
+    return jax.device_get(serialization.to_state_dict(state) | {"rng": jax.random.key_data(state.rng)})
 
 
 def _check_same_shapes(path: Path, expected, found) -> None:

@@ -23,7 +23,7 @@ from vaejax import checkpoint
 from vaejax.batching import map_batches
 from vaejax.data import IMAGE_SIDE, NUM_CLASSES, Dataset
 from vaejax.models import images_to_float
-from vaejax.training import batch_indices, num_batches
+from vaejax.steps import batch_indices, num_batches
 
 CLASSIFIER_EPOCHS = 5
 CLASSIFIER_BATCH = 128

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
+from vaejax import devices  # imports JAX, which reads XLA_FLAGS only when its backend starts
 from vaejax.config import MODEL_DEFAULTS, MODELS, Config
+from vaejax.devices import DETERMINISTIC_XLA_FLAG
 from vaejax.errors import VaejaxError
-
-DETERMINISTIC_XLA_FLAG = "--xla_gpu_deterministic_ops=true"
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -29,47 +28,57 @@ def micro_batches(text: str) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The flags of `train.py`; every default is Config's own (shown with %(default)s)."""
     parser = OneLineParser(
         prog="train.py",
         description="Train the seed autoencoders (conv_vae: seed 000, dense_ae: seed 003) with JAX.",
     )
     add = parser.add_argument
-    add("--model", default="conv_vae",
-        help=f"architecture: {', '.join(MODELS)} (default: conv_vae; conv_cvae: conv_vae conditioned on the class)")
-    add("--dataset", default="mnist",
+    add("--model", default=Config.model,
+        help=f"architecture: {', '.join(MODELS)} (default: %(default)s; conv_cvae: conv_vae conditioned on the class)")
+    add("--dataset", default=Config.dataset,
         help="mnist (bundled, the default), or a 28x28 grayscale TFDS name such as fashion_mnist or kmnist")
-    add("--data_dir", default=None,
+    add("--data_dir", default=Config.data_dir,
         help="folder with the four IDX files (gzip or raw), e.g. /usr/share/datasets/fashion-mnist")
-    add("--latent_dim", type=int, default=2, help="size of the latent code (default: 2)")
-    add("--epochs", type=int, default=None, help=f"epochs to train (default: {defaults_text('epochs')})")
-    add("--batch_size", type=int, default=None, help=f"batch size (default: {defaults_text('batch_size')})")
-    add("--learning_rate", type=float, default=None,
+    add("--latent_dim", type=int, default=Config.latent_dim, help="size of the latent code (default: %(default)s)")
+    add("--epochs", type=int, default=Config.epochs, help=f"epochs to train (default: {defaults_text('epochs')})")
+    add("--batch_size", type=int, default=Config.batch_size,
+        help=f"batch size (default: {defaults_text('batch_size')})")
+    add("--learning_rate", type=float, default=Config.learning_rate,
         help=f"Adam learning rate (default: {defaults_text('learning_rate')})")
-    add("--seed", type=int, default=0, help="the one seed every random key derives from (default: 0)")
-    add("--workdir", default=None, help="output folder (default: runs/<model>-<dataset>-z<latent>-s<seed>)")
+    add("--seed", type=int, default=Config.seed,
+        help="the one seed every random key derives from (default: %(default)s)")
+    add("--workdir", default=Config.workdir,
+        help="output folder (default: runs/<model>-<dataset>-z<latent>-s<seed>)")
     add("--resume", action="store_true",
         help="continue the run in --workdir from its last checkpoint (or start it if there is none)")
     add("--overwrite", action="store_true", help="replace a run already in --workdir")
-    add("--inputs_decoder", type=int, default=49,
-        help="conv_vae: width of the decoder's dense layers, a perfect square reshaped to side x side (default: 49)")
-    add("--test_image_number", type=int, default=5, help="test images shown in the reconstruction figure (default: 5)")
-    add("--plot_latent", action=argparse.BooleanOptionalAction, default=None,
+    add("--inputs_decoder", type=int, default=Config.inputs_decoder,
+        help="conv_vae: width of the decoder's dense layers, a perfect square reshaped to side x side "
+             "(default: %(default)s)")
+    add("--test_image_number", type=int, default=Config.test_image_number,
+        help="test images shown in the reconstruction figure (default: %(default)s)")
+    add("--plot_latent", action=argparse.BooleanOptionalAction, default=Config.plot_latent,
         help="draw the latent scatter and grid (default: on when latent_dim is 2)")
-    add("--limit", type=int, default=None, help="use only the first N training images (quick runs)")
-    add("--binarize", default="none",
+    add("--limit", type=int, default=Config.limit, help="use only the first N training images (quick runs)")
+    add("--binarize", default=Config.binarize,
         help="none (default): train on grey levels; dynamic: each step draws binary pixels with probability "
              "equal to the intensity, and the test set is binarized once (for NLLs comparable with papers)")
-    add("--loop", default="auto",
+    add("--loop", default=Config.loop,
         help="step: one compiled call per step; scan: one lax.scan per epoch; unrolled: the same scan with 8 "
-             "steps per loop iteration; auto (default): the fastest measured on this backend")
-    add("--micro_batches", type=micro_batches, default=None,
+             "steps per loop iteration; auto (default): scan on GPU and TPU, on CPU the fastest measured")
+    add("--micro_batches", type=micro_batches, default=Config.micro_batches,
         help="compute each batch's gradient as the sum over N parts of it, differentiated side by side "
              "(XLA:CPU then runs the convolutions on several cores; same function, other bits); auto "
              "(default): the fastest measured for this model on this backend, 1 with several devices")
-    add("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
-        help="TensorBoard event files (per-step and per-epoch scalars, images) in <workdir>/tensorboard (default: on)")
-    add("--deterministic", action="store_true",
-        help=f"GPU: set XLA_FLAGS={DETERMINISTIC_XLA_FLAG} before JAX starts (bitwise repeatable runs)")
+    add("--tensorboard", action=argparse.BooleanOptionalAction, default=Config.tensorboard,
+        help="TensorBoard event files (per-step and per-epoch scalars, images) in <workdir>/tensorboard "
+             "(default: on)")
+    add("--nondeterministic", dest="deterministic", action="store_false", default=Config.deterministic,
+        help=f"GPU: allow XLA's nondeterministic kernels (by default XLA_FLAGS gets {DETERMINISTIC_XLA_FLAG} "
+             "before JAX starts, so the same seed gives the same bits); CPU and TPU are deterministic anyway")
+    add("--deterministic", dest="deterministic", action="store_true",
+        help="the default (kept for older scripts): deterministic GPU kernels")
     distributed = parser.add_argument_group(
         "several hosts", "jax.distributed: start the same command on every host; process 0 writes the work directory")
     distributed.add_argument("--distributed", action="store_true",
@@ -81,28 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def time_split(seconds: dict[str, float]) -> str:
+    """Where a run's time went: the training thread's phases, then the background work it overlapped."""
+    thread = ("setup", "train", "evaluate", "epoch_end", "wait")
+    background = sorted(set(seconds) - set(thread))
+    return ("time: " + ", ".join(f"{name} {seconds.get(name, 0.0):.1f}s" for name in thread)
+            + "; in the background: " + ", ".join(f"{name} {seconds[name]:.1f}s" for name in background))
+
+
 LAUNCH_FLAGS = ("distributed", "coordinator_address", "num_processes", "process_id")
-
-
-def initialize_distributed(coordinator_address: str | None, num_processes: int | None, process_id: int | None
-                           ) -> None:
-    """Join the other processes through JAX's own distributed runtime (before any computation)."""
-    import jax
-
-    try:
-        jax.distributed.initialize(coordinator_address, num_processes, process_id)
-    except (RuntimeError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise VaejaxError(f"--distributed: {first_line}") from None
-
-
-def enable_deterministic_ops() -> None:
-    """Ask XLA for deterministic GPU kernels; only effective before JAX initialises its backend."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if DETERMINISTIC_XLA_FLAG not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} {DETERMINISTIC_XLA_FLAG}".strip()
-    if "jax" in sys.modules:
-        print("warning: jax was imported before --deterministic took effect", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,10 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     launch = {name: options.pop(name) for name in LAUNCH_FLAGS}
     try:
         config = Config(**options).resolved()
-        if config.deterministic:
-            enable_deterministic_ops()
+        devices.use_deterministic_kernels(config.deterministic)
         if launch.pop("distributed"):
-            initialize_distributed(**launch)
+            devices.initialize_distributed(**launch)
         return run(config)
     except VaejaxError as error:
         kind = "error: " if error.exit_code == 2 else ""  # an interrupt is no error
@@ -125,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(config: Config) -> int:
-    import jax  # imported here so that --deterministic can set XLA_FLAGS first
+    import jax
 
     from vaejax.reporting import Reporter
     from vaejax.training import train
@@ -143,4 +138,5 @@ def run(config: Config) -> int:
     finally:
         reporter.close()
     print(f"wrote {result.workdir}/params.msgpack; figures in {result.workdir}/figures")
+    print(time_split(result.seconds))
     return 0

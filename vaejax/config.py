@@ -48,7 +48,7 @@ class Config:
     overwrite: bool = False
     test_image_number: int = 5
     plot_latent: bool | None = None
-    deterministic: bool = False
+    deterministic: bool = True  # GPU: deterministic XLA kernels (vaejax.devices)
     loop: str = "auto"
     tensorboard: bool = True
     binarize: str = "none"

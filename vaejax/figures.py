@@ -7,6 +7,7 @@ functions below it take plain arrays, so they are usable (and testable) without 
 
 from __future__ import annotations
 
+import functools
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from vaejax.batching import map_batches  # noqa: E402
 from vaejax.config import Config  # noqa: E402
 from vaejax.data import IMAGE_SIDE, Dataset  # noqa: E402
 from vaejax.models import AutoEncoder, decode, encode, images_to_float  # noqa: E402
-from vaejax.training import seed_keys  # noqa: E402
+from vaejax.steps import seed_keys  # noqa: E402
 
 DPI = 100
 SAMPLE_GRID = 8
@@ -40,6 +41,26 @@ class EpochImages:
 
     reconstructions: np.ndarray
     samples: np.ndarray | None
+
+
+@dataclass
+class FigureArrays:
+    """Everything an epoch's figures show, as host arrays: computed on the device in the training
+    thread, drawn by `RunFigures.draw` (in the background during training)."""
+
+    images: np.ndarray  # the test images shown, uint8 (n, 28, 28)
+    labels: np.ndarray
+    reconstructions: np.ndarray  # (n, 784) in [0, 1]
+    samples: np.ndarray | None  # prior samples (VAEs)
+    means: np.ndarray | None = None  # the test set's latent means (with plot_latent)
+    grid_axes: tuple[np.ndarray, np.ndarray] | None = None  # z values of the linear grid (latent 2)
+    grid: np.ndarray | None = None  # the linear grid decoded and tiled
+    normal_grid: np.ndarray | None = None  # the inverse-CDF grid decoded and tiled (VAEs)
+
+    def epoch_images(self, sample_shape: tuple[int, int]) -> EpochImages:
+        count = len(self.images)
+        shown = np.concatenate([self.images.reshape(count, -1) / 255.0, self.reconstructions])
+        return EpochImages(tile(shown, 2, count), None if self.samples is None else tile(self.samples, *sample_shape))
 
 
 class RunFigures:
@@ -58,12 +79,9 @@ class RunFigures:
         self.plot_latent = plot_latent
         self.prior_z, self.sample_labels, self.sample_shape = None, None, (SAMPLE_GRID, SAMPLE_GRID)
         if model.variational:
-            self.prior_z = jax.random.normal(sample_key, (SAMPLE_GRID**2, latent_dim))
-        if model.conditional:  # one column per class, one row per z: the rows show style, the columns class
-            rows, classes = SAMPLE_GRID, model.num_classes
-            self.prior_z = jnp.repeat(self.prior_z[:rows], classes, axis=0)
-            self.sample_labels = jnp.tile(jnp.arange(classes), rows)
-            self.sample_shape = (rows, classes)
+            self.prior_z, self.sample_labels = prior_grid(sample_key, latent_dim, model.num_classes)
+            if model.conditional:  # one column per class, one row per z: the rows show style, the columns class
+                self.sample_shape = (SAMPLE_GRID, model.num_classes)
         self.to_pixels = jax.jit(lambda params, z, labels=None: jax.nn.sigmoid(decode(model, params, z, labels)))
         self.to_means = jax.jit(
             lambda params, images, labels: encode(model, params, images_to_float(images), labels)[0]
@@ -76,48 +94,58 @@ class RunFigures:
     def write_epoch(self, epoch: int, params, history: list[dict]) -> EpochImages:
         """All figures of `epoch` (its number in the file names), drawn with `params`, and the
         learning curves of `history`."""
+        return self.draw(epoch, self.epoch_arrays(params), history)
+
+    def epoch_arrays(self, params, test_means: np.ndarray | None = None) -> FigureArrays:
+        """What the figures of `params` show, computed on the device, as host arrays; the test set's
+        latent means are encoded here unless given (training's evaluation computes them anyway)."""
+        dataset = self.dataset
+        images, labels = dataset.test_images[self.shown], dataset.test_labels[self.shown]
+        reconstructions = np.asarray(self.to_pixels(params, self.to_means(params, images, labels), labels))
+        samples = None if self.prior_z is None else np.asarray(self.to_pixels(params, self.prior_z, self.sample_labels))
+        arrays = FigureArrays(images, labels, reconstructions, samples)
+        if not self.plot_latent:
+            return arrays
+        arrays.means = (self.test_means(params, dataset.test_images, dataset.test_labels) if test_means is None
+                        else test_means)
+        if self.latent_dim == 2 and not self.model.conditional:
+            # A conditional decoder needs a class for every grid point: only the scatter is drawn.
+            if self.model.variational:
+                xs = ys = SEED_GRID_VALUES
+            else:  # a plain AE has no prior: span the bulk of its codes instead
+                xs, ys = (code_span(arrays.means[:, axis]) for axis in (0, 1))
+            arrays.grid_axes, arrays.grid = (xs, ys), self.decode_grid(params, xs, ys)
+            if self.model.variational:
+                z = np.array([NormalDist().inv_cdf(p) for p in NORMAL_GRID_PROBABILITIES])
+                arrays.normal_grid = self.decode_grid(params, z, z)
+        return arrays
+
+    def draw(self, epoch: int, arrays: FigureArrays, history: list[dict]) -> EpochImages:
+        """Write the figures of `arrays` as epoch `epoch`'s, and the learning curves of `history`."""
         self.folder.mkdir(parents=True, exist_ok=True)
         save_figure(plot_learning_curves(history, self.model.variational), self.folder / "learning_curves.png")
-        dataset = self.dataset
-        images = dataset.test_images[self.shown]
-        labels = dataset.test_labels[self.shown]
-        reconstructions = np.asarray(self.to_pixels(params, self.to_means(params, images, labels), labels))
-        titles = [dataset.class_names[label] for label in labels]
-        self.save(plot_reconstructions(images, reconstructions, titles), "reconstructions", epoch)
-        samples = None
-        if self.prior_z is not None:
-            samples = np.asarray(self.to_pixels(params, self.prior_z, self.sample_labels))
+        titles = [self.dataset.class_names[label] for label in arrays.labels]
+        self.save(plot_reconstructions(arrays.images, arrays.reconstructions, titles), "reconstructions", epoch)
+        if arrays.samples is not None:
             column_titles = self.dataset.class_names if self.model.conditional else None
-            self.save(plot_samples(samples, self.sample_shape, column_titles), "samples", epoch)
-        if self.plot_latent:
-            self.write_latent(epoch, params)
-        return EpochImages(
-            tile(np.concatenate([images.reshape(len(images), -1) / 255.0, reconstructions]), 2, len(images)),
-            None if samples is None else tile(samples, *self.sample_shape),
-        )
+            self.save(plot_samples(arrays.samples, self.sample_shape, column_titles), "samples", epoch)
+        if arrays.means is not None:
+            self.draw_latent(epoch, arrays)
+        return arrays.epoch_images(self.sample_shape)
 
-    def write_latent(self, epoch: int, params) -> None:
+    def draw_latent(self, epoch: int, arrays: FigureArrays) -> None:
         labels, names = self.dataset.test_labels, self.dataset.class_names
-        means = self.test_means(params, self.dataset.test_images, labels)
-        if self.latent_dim != 2 or self.model.conditional:
-            # A conditional decoder needs a class for every grid point: only the scatter is drawn,
-            # and it shows how little of the class the code carries.
-            coords, title = project_2d(means)
+        if arrays.grid is None:
+            coords, title = project_2d(arrays.means)
             if self.model.conditional:
                 title += " (class given to encoder and decoder)"
             self.save(plot_latent_scatter(coords, labels, names, title), "latent", epoch)
             return
-        if self.model.variational:
-            xs = ys = SEED_GRID_VALUES
-        else:  # a plain AE has no prior: span the bulk of its codes instead
-            xs, ys = (code_span(means[:, axis]) for axis in (0, 1))
-        grid = self.decode_grid(params, xs, ys)
-        self.save(plot_latent_with_grid(means, labels, names, xs, ys, grid), "latent", epoch)
-        if self.model.variational:
-            z = np.array([NormalDist().inv_cdf(p) for p in NORMAL_GRID_PROBABILITIES])
-            grid = self.decode_grid(params, z, z)
-            self.save(plot_latent_normal_grid(means, labels, names, NORMAL_GRID_PROBABILITIES, grid),
-                      "latent_normal_grid", epoch)
+        xs, ys = arrays.grid_axes
+        self.save(plot_latent_with_grid(arrays.means, labels, names, xs, ys, arrays.grid), "latent", epoch)
+        if arrays.normal_grid is not None:
+            self.save(plot_latent_normal_grid(arrays.means, labels, names, NORMAL_GRID_PROBABILITIES,
+                                              arrays.normal_grid), "latent_normal_grid", epoch)
 
     def decode_grid(self, params, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
         """Decoded images of the grid, tiled with z2 growing upwards, as a plot's y axis does."""
@@ -129,6 +157,16 @@ class RunFigures:
         numbered = self.folder / f"{name}_e{epoch:03d}.png"
         save_figure(fig, numbered)
         shutil.copyfile(numbered, self.folder / f"{name}.png")
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def prior_grid(sample_key: jax.Array, latent_dim: int, num_classes: int) -> tuple[jax.Array, jax.Array | None]:
+    """The figures' fixed prior draws: SAMPLE_GRID**2 of them; for a conditional model SAMPLE_GRID,
+    each repeated once per class, with the class labels (one program, not one per operation)."""
+    z = jax.random.normal(sample_key, (SAMPLE_GRID**2, latent_dim))
+    if not num_classes:
+        return z, None
+    return jnp.repeat(z[:SAMPLE_GRID], num_classes, axis=0), jnp.tile(jnp.arange(num_classes), SAMPLE_GRID)
 
 
 def code_span(codes: np.ndarray, points: int = 14) -> np.ndarray:

@@ -14,9 +14,11 @@ from tqdm import tqdm
 from vaejax.config import Config
 from vaejax.data import Dataset
 from vaejax.figures import RunFigures
+from vaejax.host_worker import HostWorker
 from vaejax.models import AutoEncoder
+from vaejax.steps import TrainState
 from vaejax.summary import model_summary
-from vaejax.training import Observer, TrainState
+from vaejax.training import Observer
 
 
 class EpochProgress(Observer):
@@ -45,7 +47,7 @@ class EpochProgress(Observer):
             self.bar.set_postfix(loss=f"{sums['loss'] / max(sums['count'], 1):.2f}")
             self.refreshed = time.monotonic()
 
-    def end_epoch(self, record, params, step_losses, history) -> None:
+    def end_epoch(self, record, params, step_losses, history, test_means) -> None:
         self.close()
 
     def close(self) -> None:
@@ -79,15 +81,19 @@ class TensorBoardLog:
 
 
 class Reporter(Observer):
-    """Everything a user watches during `python train.py`: summary, bar, figures, TensorBoard."""
+    """Everything a user watches during `python train.py`: summary, bar, figures, TensorBoard.
+
+    At the end of an epoch the figures' arrays are computed on the device here; drawing them and
+    writing TensorBoard events go to the run's background worker."""
 
     def __init__(self, config: Config, log: Callable[[str], None] = print):
         self.config, self.log = config, log
         self.progress = EpochProgress(config.epochs)
         self.figures: RunFigures | None = None
         self.tensorboard: TensorBoardLog | None = None
+        self.worker: HostWorker | None = None
 
-    def start_run(self, model: AutoEncoder, dataset: Dataset) -> None:
+    def start_run(self, model: AutoEncoder, dataset: Dataset, worker: HostWorker) -> None:
         workdir = Path(self.config.workdir)
         summary = model_summary(model, self.config.model)
         self.log(summary.rstrip())
@@ -97,6 +103,7 @@ class Reporter(Observer):
         self.figures = RunFigures.for_run(self.config, model, dataset)
         if self.config.tensorboard:
             self.tensorboard = TensorBoardLog(workdir / "tensorboard")
+        self.worker = worker
 
     def start_epoch(self, epoch: int, steps: int, steps_done: int) -> None:
         self.progress.start_epoch(epoch, steps, steps_done)
@@ -104,13 +111,16 @@ class Reporter(Observer):
     def step(self, state: TrainState) -> None:
         self.progress.step(state)
 
-    def end_epoch(self, record, params, step_losses, history) -> None:
-        self.progress.end_epoch(record, params, step_losses, history)
-        images = self.figures.write_epoch(record["epoch"], params, history)
+    def end_epoch(self, record, params, step_losses, history, test_means) -> None:
+        self.progress.close()
+        arrays = self.figures.epoch_arrays(params, test_means)
+        self.worker.submit("figures", lambda: self.figures.draw(record["epoch"], arrays, history))
         if self.tensorboard is not None:
-            self.tensorboard.write_epoch(record, step_losses, images)
+            images = arrays.epoch_images(self.figures.sample_shape)
+            self.worker.submit("tensorboard", lambda: self.tensorboard.write_epoch(record, step_losses, images))
 
     def close(self) -> None:
+        """After training (its worker drained): close the bar and the event files."""
         self.progress.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
