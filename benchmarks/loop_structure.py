@@ -5,7 +5,7 @@ each with the batch gradient taken whole or in micro-batches differentiated side
                                         [--loops step scan unrolled] [--micro_batches 1 2 4]
 
 Prints milliseconds per training step (median of repeats, compile excluded) for the seed models at
-their seed batch sizes: the numbers behind vaejax.training.MEASURED_FASTER_LOOP and
+their seed batch sizes: the numbers behind vaejax.devices.MEASURED_FASTER_LOOP and
 MEASURED_FASTER_MICRO_BATCHES (what `--loop auto` and `--micro_batches auto` pick), on the
 machine it runs on.
 """
@@ -22,7 +22,7 @@ import optax
 from vaejax.config import LOOPS, MODEL_DEFAULTS
 from vaejax.data import load_bundled_mnist
 from vaejax.models import build_model
-from vaejax.training import SCAN_UNROLL, init_state, make_epoch_scan, make_train_step, seed_keys
+from vaejax.steps import SCAN_UNROLL, init_state, make_epoch_scan, make_train_step, seed_keys
 
 
 def time_call(run, repeats: int) -> float:

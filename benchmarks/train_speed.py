@@ -47,9 +47,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.peers import torch_autoencoders as peer  # noqa: E402
 from vaejax.config import MODEL_DEFAULTS  # noqa: E402
 from vaejax.data import Dataset, load_bundled_mnist  # noqa: E402
+from vaejax.devices import plan_devices  # noqa: E402
 from vaejax.losses import loss_terms  # noqa: E402
 from vaejax.models import build_model, count_params, images_to_float, init_params  # noqa: E402
-from vaejax.training import Trainer, choose_loop, choose_micro_batches, init_state, num_batches, seed_keys, zero_sums  # noqa: E402
+from vaejax.steps import init_state, num_batches, seed_keys, zero_sums  # noqa: E402
+from vaejax.training import Trainer  # noqa: E402
 
 CPU_WINDOW_STEPS = {"conv_vae": 20, "dense_ae": 400}  # steps timed per repeat on CPU: a second or more
 
@@ -85,11 +87,10 @@ def time_vaejax(name: str, dataset: Dataset, steps: int, repeats: int) -> dict:
     model = build_model(name, 2)
     optimizer = optax.adam(settings["learning_rate"])
     keys = seed_keys(0)
-    loop = choose_loop("auto", name, jax.default_backend())
-    micro_batches = choose_micro_batches(None, name, jax.default_backend(), jax.device_count())
+    plan = plan_devices(name, batch)  # --loop auto --micro_batches auto
+    loop, micro_batches = plan.loop, plan.micro_batches
     # A training set of exactly `steps` batches: one "epoch" is the timed window, in either loop.
-    trainer = Trainer(model, optimizer, batch, dataset.limited(steps * batch), keys.eval, loop=loop,
-                      micro_batches=micro_batches)
+    trainer = Trainer(model, optimizer, batch, dataset.limited(steps * batch), keys.eval, plan)
     state = init_state(model, optimizer, keys, trainer.steps)
 
     def window(state):
@@ -115,6 +116,7 @@ WARMUP_WINDOWS = 2  # a CUDA graph is recorded on its shape's second call: the s
 
 
 def torch_device() -> torch.device:
+    """PyTorch's GPU when it sees one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
