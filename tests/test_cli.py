@@ -31,7 +31,7 @@ def test_help_documents_every_flag():
     (["--batch_size", "0"], "--batch_size must be at least 1, got 0"),
     (["--latent_dim", "two"], "argument --latent_dim: invalid int value: 'two'"),
     (["--batch_size", "100000"], "--batch_size 100000 is larger than the 60000 training images"),
-    (["--dataset", "no_such_set"], "unknown dataset 'no_such_set'"),
+    (["--dataset", "no_such_set"], "dataset 'no_such_set'"),  # unknown to TFDS, or TFDS missing
     (["--data_dir", "/no/such/folder"], "data folder /no/such/folder does not exist"),
     (["--loop", "fast"], "--loop must be one of auto, step, scan, unrolled, got 'fast'"),
     (["--limit", "0"], "--limit must be at least 1"),

@@ -1,6 +1,7 @@
 import gzip
 import hashlib
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +132,7 @@ def test_debian_fashion_mnist_reads_when_installed():
 
 @pytest.mark.parametrize(("name", "names"), [("fashion_mnist", FASHION_NAMES), ("kmnist", None)])
 def test_tfds_datasets_through_data_source(name, names):
-    import tensorflow_datasets as tfds
+    tfds = pytest.importorskip("tensorflow_datasets")
 
     with tfds.testing.mock_data(num_examples=12):
         dataset = load_dataset(name)
@@ -143,7 +144,7 @@ def test_tfds_datasets_through_data_source(name, names):
 
 
 def test_tfds_rejects_colour_images_and_unknown_names():
-    import tensorflow_datasets as tfds
+    tfds = pytest.importorskip("tensorflow_datasets")
 
     with tfds.testing.mock_data(num_examples=4), pytest.raises(VaejaxError, match="needs 28x28x1 grayscale"):
         load_dataset("cifar10")
@@ -153,8 +154,15 @@ def test_tfds_rejects_colour_images_and_unknown_names():
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None, reason="TensorFlow would prepare it")
 def test_unprepared_tfds_dataset_says_what_to_install(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
     with pytest.raises(VaejaxError, match="pip install tensorflow"):
         load_tfds("kmnist", tfds_data_dir=str(tmp_path))
+
+
+def test_missing_tfds_is_one_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # as if it were not installed
+    with pytest.raises(VaejaxError, match="TFDS, which is not installed: pip install tensorflow-datasets"):
+        load_dataset("no_such_set")
 
 
 def test_bundled_files_have_the_readme_checksums():

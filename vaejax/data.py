@@ -171,8 +171,11 @@ def load_tfds(name: str, tfds_data_dir: str | None = None) -> Dataset:
     Reads data already prepared in `tfds_data_dir` (default: TFDS's own, `TFDS_DATA_DIR` or
     ~/tensorflow_datasets). Preparing needs TensorFlow and the network: done only when TF is there.
     """
-    import tensorflow_datasets as tfds
-
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise VaejaxError(f"dataset {name!r} is not 'mnist', and other datasets come through TFDS, which is "
+                          "not installed: pip install tensorflow-datasets, or give IDX files with --data_dir") from None
     try:
         builder = tfds.builder(name, data_dir=tfds_data_dir)
     except tfds.core.registered.DatasetNotFoundError:

@@ -28,6 +28,7 @@ from vaejax.errors import VaejaxError
 from vaejax.losses import bce_from_logits, gaussian_kl, importance_log_weights, iwae_bound
 from vaejax.metrics import frechet_distance, gaussian_statistics, mse, prediction_statistics, psnr, ssim
 from vaejax.models import AutoEncoder, binarized_test_images, decode, encode, images_to_float
+from vaejax.steps import METRIC_PRECISION
 
 EVALUATION_FILE = "evaluation.json"
 MAX_CHUNK = 50  # importance samples decoded at once per image
@@ -138,23 +139,24 @@ def evaluate_run(workdir: Path, iw_samples: int, limit: int | None, sample_count
     if config.binarize == "dynamic":
         test_images = binarized_test_images(test_images)
     likelihood_key, sample_key = jax.random.split(jax.random.key(seed))
-    results = {
-        "setting": {
-            "model": config.model, "dataset": config.dataset, "binarize": config.binarize,
-            "latent_dim": config.latent_dim, "epochs": history[-1]["epoch"], "test_images": len(test_images),
-            "iw_samples": iw_samples if model.variational else None, "seed": seed,
-            "backend": jax.default_backend(),
-        },
-        "reconstruction": reconstruction_metrics(model, params, test_images, test_labels, batch_size),
-    }
-    if model.variational:
-        log(f"importance sampling: {iw_samples} draws for each of {len(test_images)} test images")
-        results["likelihood"] = likelihood_metrics(model, params, test_images, test_labels, likelihood_key,
-                                                   iw_samples, batch_size)
-        if classifier_dir is not None:
-            classifier = cached_classifier(dataset, classifier_dir, log=log)
-            results["sample_quality"] = sample_quality(model, params, dataset, classifier, sample_key, sample_count)
-            results["setting"] |= {"samples": sample_count, "classifier_test_accuracy": classifier.test_accuracy}
+    with jax.default_matmul_precision(METRIC_PRECISION):  # reported metrics: full float32 on every backend
+        results = {
+            "setting": {
+                "model": config.model, "dataset": config.dataset, "binarize": config.binarize,
+                "latent_dim": config.latent_dim, "epochs": history[-1]["epoch"], "test_images": len(test_images),
+                "iw_samples": iw_samples if model.variational else None, "seed": seed,
+                "backend": jax.default_backend(),
+            },
+            "reconstruction": reconstruction_metrics(model, params, test_images, test_labels, batch_size),
+        }
+        if model.variational:
+            log(f"importance sampling: {iw_samples} draws for each of {len(test_images)} test images")
+            results["likelihood"] = likelihood_metrics(model, params, test_images, test_labels, likelihood_key,
+                                                       iw_samples, batch_size)
+            if classifier_dir is not None:
+                classifier = cached_classifier(dataset, classifier_dir, log=log)
+                results["sample_quality"] = sample_quality(model, params, dataset, classifier, sample_key, sample_count)
+                results["setting"] |= {"samples": sample_count, "classifier_test_accuracy": classifier.test_accuracy}
     write_json(workdir / EVALUATION_FILE, results)
     return results
 

@@ -42,8 +42,9 @@ def ssim(predictions: jax.Array, targets: jax.Array, data_range: float = 1.0) ->
     """
     rows, columns = _window_matrix(predictions.shape[1]), _window_matrix(predictions.shape[2])
 
-    def local_mean(x):
-        return rows @ x @ columns.T
+    def local_mean(x):  # full float32: E[x^2] - E[x]^2 below cancels, TF32 (a GPU's default) is far too coarse
+        highest = jax.lax.Precision.HIGHEST
+        return jnp.matmul(jnp.matmul(rows, x, precision=highest), columns.T, precision=highest)
 
     c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
     mean_p, mean_t = local_mean(predictions), local_mean(targets)

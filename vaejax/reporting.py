@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from tqdm import tqdm
 
 from vaejax.config import Config
 from vaejax.data import Dataset
+from vaejax.errors import VaejaxError
 from vaejax.figures import RunFigures
 from vaejax.host_worker import HostWorker
 from vaejax.models import AutoEncoder
@@ -101,9 +103,12 @@ class Reporter(Observer):
         if not model.variational:
             self.log(f"{self.config.model} is a plain autoencoder, not generative: no prior samples are drawn")
         self.figures = RunFigures.for_run(self.config, model, dataset)
-        if self.config.tensorboard:
-            self.tensorboard = TensorBoardLog(workdir / "tensorboard")
         self.worker = worker
+        if self.config.tensorboard and importlib.util.find_spec("tensorboardX") is None:
+            raise VaejaxError("--tensorboard needs the tensorboardX package (pip install tensorboardX); "
+                              "or pass --no-tensorboard")
+        if self.config.tensorboard:  # tensorboardX takes a second to import: let the first epoch run meanwhile
+            worker.submit("tensorboard", lambda: setattr(self, "tensorboard", TensorBoardLog(workdir / "tensorboard")))
 
     def start_epoch(self, epoch: int, steps: int, steps_done: int) -> None:
         self.progress.start_epoch(epoch, steps, steps_done)
@@ -115,7 +120,7 @@ class Reporter(Observer):
         self.progress.close()
         arrays = self.figures.epoch_arrays(params, test_means)
         self.worker.submit("figures", lambda: self.figures.draw(record["epoch"], arrays, history))
-        if self.tensorboard is not None:
+        if self.config.tensorboard:
             images = arrays.epoch_images(self.figures.sample_shape)
             self.worker.submit("tensorboard", lambda: self.tensorboard.write_epoch(record, step_losses, images))
 

@@ -48,8 +48,8 @@ class SeedKeys:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _split_seed(seed: int) -> jax.Array:
-    return jax.random.split(jax.random.key(seed), 4)
+def _split_seed(seed: int) -> tuple[jax.Array, ...]:
+    return tuple(jax.random.split(jax.random.key(seed), 4))  # four outputs: no eager unstack after
 
 
 def seed_keys(seed: int) -> SeedKeys:
