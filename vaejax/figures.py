@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
@@ -20,6 +21,7 @@ import numpy as np
 
 matplotlib.use("Agg")  # headless: figures go to files
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from vaejax.batching import map_batches  # noqa: E402
@@ -82,6 +84,7 @@ class RunFigures:
             self.prior_z, self.sample_labels = prior_grid(sample_key, latent_dim, model.num_classes)
             if model.conditional:  # one column per class, one row per z: the rows show style, the columns class
                 self.sample_shape = (SAMPLE_GRID, model.num_classes)
+        self.kept: dict[str, Figure] = {}  # figures made once and updated each epoch (`save`)
         self.to_pixels = jax.jit(lambda params, z, labels=None: jax.nn.sigmoid(decode(model, params, z, labels)))
         self.to_means = jax.jit(
             lambda params, images, labels: encode(model, params, images_to_float(images), labels)[0]
@@ -121,31 +124,54 @@ class RunFigures:
         return arrays
 
     def draw(self, epoch: int, arrays: FigureArrays, history: list[dict]) -> EpochImages:
-        """Write the figures of `arrays` as epoch `epoch`'s, and the learning curves of `history`."""
+        """Write the figures of `arrays` as epoch `epoch`'s, and the learning curves of `history`.
+
+        Each figure is made once and then updated in place (new pixels, points and lines; the same
+        axes, text and layout), which halves the cost of drawing an epoch."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        save_figure(plot_learning_curves(history, self.model.variational), self.folder / "learning_curves.png")
-        titles = [self.dataset.class_names[label] for label in arrays.labels]
-        self.save(plot_reconstructions(arrays.images, arrays.reconstructions, titles), "reconstructions", epoch)
+        model, names = self.model, self.dataset.class_names
+        # Made anew: their tick labels change with the history, and so would the layout.
+        save_figure(plot_learning_curves(history, model.variational), self.folder / "learning_curves.png")
+        count = len(arrays.images)
+        titles = [names[label] for label in arrays.labels]
+        self.save("reconstructions", epoch,
+                  lambda: plot_reconstructions(arrays.images, arrays.reconstructions, titles),
+                  lambda fig: [axis.images[0].set_data(pixels.reshape(IMAGE_SIDE, IMAGE_SIDE))
+                               for axis, pixels in zip(fig.axes[count:], arrays.reconstructions, strict=True)])
         if arrays.samples is not None:
-            column_titles = self.dataset.class_names if self.model.conditional else None
-            self.save(plot_samples(arrays.samples, self.sample_shape, column_titles), "samples", epoch)
+            self.save("samples", epoch,
+                      lambda: plot_samples(arrays.samples, self.sample_shape, names if model.conditional else None),
+                      lambda fig: fig.axes[0].images[0].set_data(tile(arrays.samples, *self.sample_shape)))
         if arrays.means is not None:
             self.draw_latent(epoch, arrays)
         return arrays.epoch_images(self.sample_shape)
 
     def draw_latent(self, epoch: int, arrays: FigureArrays) -> None:
-        labels, names = self.dataset.test_labels, self.dataset.class_names
+        """The latent scatter; at latent 2 beside the decoded grid (a VAE's fixed z grid keeps its axes,
+        so its figures are updated in place; a plain AE's grid spans its codes, so its axes move)."""
+        labels, names, means = self.dataset.test_labels, self.dataset.class_names, arrays.means
         if arrays.grid is None:
-            coords, title = project_2d(arrays.means)
+            coords, title = project_2d(means)
             if self.model.conditional:
                 title += " (class given to encoder and decoder)"
-            self.save(plot_latent_scatter(coords, labels, names, title), "latent", epoch)
+            self.save("latent", epoch, lambda: plot_latent_scatter(coords, labels, names, title))
             return
         xs, ys = arrays.grid_axes
-        self.save(plot_latent_with_grid(arrays.means, labels, names, xs, ys, arrays.grid), "latent", epoch)
+
+        def update_latent(fig):
+            move_points(fig.axes[0], means, labels)
+            fig.axes[1].images[0].set_data(arrays.grid)
+
+        self.save("latent", epoch, lambda: plot_latent_with_grid(means, labels, names, xs, ys, arrays.grid),
+                  update_latent if self.model.variational else None)
         if arrays.normal_grid is not None:
-            self.save(plot_latent_normal_grid(arrays.means, labels, names, NORMAL_GRID_PROBABILITIES,
-                                              arrays.normal_grid), "latent_normal_grid", epoch)
+            def update_normal(fig):
+                move_points(fig.axes[0], normal_cdf(means), labels)
+                fig.axes[1].images[0].set_data(arrays.normal_grid)
+
+            self.save("latent_normal_grid", epoch,
+                      lambda: plot_latent_normal_grid(means, labels, names, NORMAL_GRID_PROBABILITIES,
+                                                      arrays.normal_grid), update_normal)
 
     def decode_grid(self, params, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
         """Decoded images of the grid, tiled with z2 growing upwards, as a plot's y axis does."""
@@ -153,10 +179,32 @@ class RunFigures:
         z = np.stack([xx.ravel(), yy.ravel()], axis=1).astype(np.float32)
         return tile(np.asarray(self.to_pixels(params, z)), len(ys), len(xs))
 
-    def save(self, fig, name: str, epoch: int) -> None:
+    def save(self, name: str, epoch: int, make: Callable[[], Figure],
+             update: Callable[[Figure], object] | None = None) -> None:
+        """Write figure `name` as `NAME_eNNN.png` and a copy as `NAME.png`. With `update`, the figure
+        is made by `make` once, then kept and changed by `update`, which must leave every text and
+        axis limit as it was (so the layout holds, and the output equals a figure made anew)."""
         numbered = self.folder / f"{name}_e{epoch:03d}.png"
-        save_figure(fig, numbered)
+        if update is None:
+            save_figure(make(), numbered)
+        else:
+            if name in self.kept:
+                update(self.kept[name])
+            else:
+                self.kept[name] = make()
+            self.kept[name].savefig(numbered, dpi=DPI)
         shutil.copyfile(numbered, self.folder / f"{name}.png")
+
+    def close(self) -> None:
+        for fig in self.kept.values():
+            plt.close(fig)
+        self.kept.clear()
+
+
+def move_points(axis, coords: np.ndarray, labels: np.ndarray) -> None:
+    """New positions for a `scatter_by_class` plot's points (one collection per class, in order)."""
+    for label, points in enumerate(axis.collections):
+        points.set_offsets(coords[labels == label])
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
@@ -285,6 +333,11 @@ def plot_latent_scatter(coords: np.ndarray, labels: np.ndarray, class_names, tit
     return fig
 
 
+def normal_cdf(z: np.ndarray) -> np.ndarray:
+    """The standard normal CDF, elementwise (float64)."""
+    return np.vectorize(NormalDist().cdf)(z)
+
+
 def cell_extent(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float, float, float]:
     """The area a grid of images covers: each image centred on its grid point."""
     dx, dy = xs[1] - xs[0], ys[1] - ys[0]
@@ -310,8 +363,7 @@ def plot_latent_normal_grid(means, labels, class_names, probabilities: np.ndarra
     The grid is even in Phi(z), so both panels use Phi(z) axes, labelled with z values; points
     where the prior has mass get equal room.
     """
-    normal = NormalDist()
-    cdf = np.vectorize(normal.cdf)
+    cdf = normal_cdf
     extent = cell_extent(probabilities, probabilities)
     ticks = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])
     fig, (scatter_axis, grid_axis) = plt.subplots(1, 2, figsize=(15, 6.6))

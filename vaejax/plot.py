@@ -19,6 +19,7 @@ def redraw(workdir: Path) -> Path:
     config, model, params, history = checkpoint.load_finished_run(workdir)
     figures = RunFigures.for_run(config, model, load_dataset(config.dataset, config.data_dir))
     figures.write_epoch(history[-1]["epoch"], params, history)
+    figures.close()
     return figures.folder
 
 

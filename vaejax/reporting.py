@@ -125,7 +125,9 @@ class Reporter(Observer):
             self.worker.submit("tensorboard", lambda: self.tensorboard.write_epoch(record, step_losses, images))
 
     def close(self) -> None:
-        """After training (its worker drained): close the bar and the event files."""
+        """After training (its worker drained): close the bar, the figures and the event files."""
         self.progress.close()
+        if self.figures is not None:
+            self.figures.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
