@@ -210,10 +210,10 @@ def train(config: Config, dataset: Dataset | None = None, log: Callable[[str], N
           observer: Observer | None = None) -> TrainResult:
     """Run (or resume) training as `config` says, writing the work directory as it goes.
 
-    A checkpoint is written after every epoch (in the background, in order), and after the current
-    step when SIGINT/SIGTERM arrives (then TrainingInterrupted is raised once every earlier write
-    has finished). A non-finite loss stops the run before its epoch is checkpointed, so the last
-    good checkpoint stays.
+    A checkpoint is written after every epoch (in the background, in order; the epoch's line is
+    printed once it is on disk), and after the current step when SIGINT/SIGTERM arrives (then
+    TrainingInterrupted is raised once every earlier write has finished). A non-finite loss stops
+    the run before its epoch is checkpointed, so the last good checkpoint stays.
 
     Over several processes (`jax.distributed`) only process 0 writes the work directory; every
     process reads it to resume, so it must be on a shared file system.
@@ -269,9 +269,11 @@ def _train_epochs(config: Config, trainer: Trainer, state: TrainState, history: 
     """The epochs still to run; checkpoints and metrics are handed to `worker` as host copies."""
     plan, workdir = trainer.plan, Path(config.workdir)
 
-    def save(host_state, history: list[dict]) -> None:
+    def save(host_state, history: list[dict], line: str | None = None) -> None:
         checkpoint.save_state(workdir, config, host_state, history)
         checkpoint.write_metrics(workdir, history)
+        if line is not None:  # an epoch's line is printed once its checkpoint is on disk
+            log(line)
 
     with StopSignal() as stop:
 
@@ -312,10 +314,13 @@ def _train_epochs(config: Config, trainer: Trainer, state: TrainState, history: 
                     "seconds": round(seconds, 3), "config_hash": config.result_hash(),
                 }
                 history.append(record)
+                line = format_epoch(epoch, config.epochs, train_metrics, test_metrics, seconds,
+                                    trainer.model.variational)
                 if plan.writes:
-                    worker.submit("checkpoint", functools.partial(save, checkpoint.host_state(state), list(history)))
-                log(format_epoch(epoch, config.epochs, train_metrics, test_metrics, seconds,
-                                 trainer.model.variational))
+                    worker.submit("checkpoint", functools.partial(save, checkpoint.host_state(state), list(history),
+                                                                  line))
+                else:
+                    log(line)
                 # The figures reuse the evaluation's latent means, unless it saw a binarized test set.
                 observer.end_epoch(record, plan.to_host(state.params), step_losses, list(history),
                                    None if trainer.binarize else test_means)
