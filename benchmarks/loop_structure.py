@@ -21,8 +21,11 @@ import optax
 
 from vaejax.config import LOOPS, MODEL_DEFAULTS
 from vaejax.data import load_bundled_mnist
+from vaejax.devices import use_deterministic_kernels
 from vaejax.models import build_model
 from vaejax.steps import SCAN_UNROLL, init_state, make_epoch_scan, make_train_step, seed_keys
+
+use_deterministic_kernels()  # vaejax is timed as train.py runs it (before the backend starts)
 
 
 def time_call(run, repeats: int) -> float:

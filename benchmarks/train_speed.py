@@ -47,11 +47,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.peers import torch_autoencoders as peer  # noqa: E402
 from vaejax.config import MODEL_DEFAULTS  # noqa: E402
 from vaejax.data import Dataset, load_bundled_mnist  # noqa: E402
-from vaejax.devices import plan_devices  # noqa: E402
+from vaejax.devices import plan_devices, use_deterministic_kernels  # noqa: E402
 from vaejax.losses import loss_terms  # noqa: E402
 from vaejax.models import build_model, count_params, images_to_float, init_params  # noqa: E402
 from vaejax.steps import init_state, num_batches, seed_keys, zero_sums  # noqa: E402
 from vaejax.training import Trainer  # noqa: E402
+
+use_deterministic_kernels()  # vaejax is timed as train.py runs it (before the backend starts)
 
 CPU_WINDOW_STEPS = {"conv_vae": 20, "dense_ae": 400}  # steps timed per repeat on CPU: a second or more
 

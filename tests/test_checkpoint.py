@@ -134,3 +134,16 @@ def test_params_of_other_shapes_are_refused(tmp_path):
     checkpoint.save_params(tmp_path, make_state(latent_dim=4).params)
     with pytest.raises(VaejaxError, match="parameter shapes do not match"):
         checkpoint.load_params(Path(tmp_path) / checkpoint.PARAMS_FILE, make_state().params)
+
+
+def test_resuming_in_another_environment_is_named_and_both_are_kept(tmp_path):
+    config = make_config(tmp_path)
+    first = {"backend": "cpu", "jax": "0.10.2", "loop": "step"}
+    assert checkpoint.prepare_workdir(tmp_path, config, first) == []
+    resumed = dataclasses.replace(config, resume=True)
+    assert checkpoint.prepare_workdir(tmp_path, resumed, first) == []  # the same machine: nothing to say
+    second = first | {"backend": "gpu", "loop": "scan"}
+    assert checkpoint.prepare_workdir(tmp_path, resumed, second) == ["backend", "loop"]
+    saved = checkpoint.read_json(tmp_path / checkpoint.CONFIG_FILE)
+    assert saved["environment"] == second and saved["earlier_environments"] == [first]
+    assert checkpoint.read_run_config(tmp_path).model == "dense_ae"  # the records do not disturb reading it

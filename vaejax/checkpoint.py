@@ -27,6 +27,7 @@ PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.msgpack"
 PARAMS_FILE = "params.msgpack"
 FORMAT_VERSION = 1
 ENVIRONMENT_KEY = "environment"  # in config.json: what the run's bits depend on beyond its options
+EARLIER_ENVIRONMENTS_KEY = "earlier_environments"  # those of the run's parts before a resume elsewhere
 PAYLOAD_KEYS = {"model", "latent_dim", "config_hash", "history", "state"}
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, PARAMS_FILE)
 
@@ -84,12 +85,14 @@ def _umask() -> int:
     return mask
 
 
-def prepare_workdir(workdir: Path, config: Config, environment: dict | None = None) -> None:
+def prepare_workdir(workdir: Path, config: Config, environment: dict | None = None) -> list[str]:
     """Create the work directory, refusing to clobber another run, and write config.json (with the
     `environment` the bits depend on: backend, versions, XLA flags, loop; see DevicePlan.bits_record).
 
     `--resume` continues the run there, or starts it when it has no checkpoint yet (so a job can
-    always be launched with --resume); its configuration must be the same.
+    always be launched with --resume); its configuration must be the same. Its environment may
+    differ (another machine, another JAX): the earlier ones are kept in config.json under
+    `earlier_environments`, and the entries that changed are returned, for a warning.
     """
     try:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -97,12 +100,18 @@ def prepare_workdir(workdir: Path, config: Config, environment: dict | None = No
         raise VaejaxError(f"cannot create work directory {workdir}: {error.strerror or error}") from None
     _check_writable(workdir)
     config_path = workdir / CONFIG_FILE
+    environment, earlier, changed_environment = environment or {}, [], []
     if config.resume:
         if config_path.exists():
-            saved = _read_config(config_path)
+            saved = read_json(config_path)
             changed = sorted(name for name, value in config.result_dict().items() if saved.get(name) != value)
             if changed:
                 raise VaejaxError(f"--resume: {workdir} holds a run with different {', '.join(changed)}")
+            previous = saved.get(ENVIRONMENT_KEY) or {}
+            earlier = saved.get(EARLIER_ENVIRONMENTS_KEY, [])
+            changed_environment = sorted(name for name in environment if previous.get(name) != environment[name])
+            if previous and changed_environment:
+                earlier = [*earlier, previous]
     elif config.overwrite:
         for name in RUN_FILES:
             (workdir / name).unlink(missing_ok=True)
@@ -111,7 +120,11 @@ def prepare_workdir(workdir: Path, config: Config, environment: dict | None = No
             f"{workdir} already holds a run: pass --resume to continue it, --overwrite to replace it, "
             "or another --workdir"
         )
-    write_json(config_path, dataclasses.asdict(config) | {ENVIRONMENT_KEY: environment or {}})
+    record = dataclasses.asdict(config) | {ENVIRONMENT_KEY: environment}
+    if earlier:
+        record[EARLIER_ENVIRONMENTS_KEY] = earlier
+    write_json(config_path, record)
+    return changed_environment if earlier else []
 
 
 def _check_writable(workdir: Path) -> None:
@@ -127,7 +140,8 @@ def read_run_config(workdir: Path) -> Config:
     """The Config a run in `workdir` was trained with, pointing at `workdir` wherever it was made."""
     path = workdir / CONFIG_FILE
     saved = read_json(path) | {"workdir": str(workdir)}
-    saved.pop(ENVIRONMENT_KEY, None)
+    for key in (ENVIRONMENT_KEY, EARLIER_ENVIRONMENTS_KEY):
+        saved.pop(key, None)
     try:
         return Config(**saved).resolved()
     except TypeError as error:
@@ -155,11 +169,6 @@ def read_json(path: Path) -> dict:
 
 def write_json(path: Path, record: dict) -> None:
     atomic_write(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
-
-
-def _read_config(path: Path) -> dict:
-    saved = read_json(path)
-    return {name: saved.get(name) for name in Config().result_dict()}
 
 
 def encode_checkpoint(config: Config, state, history: list[dict]) -> bytes:

@@ -1,7 +1,7 @@
 """Every device decision of a run, made once: the backend and its deterministic kernels, which
 process writes, data-parallel shardings and placement, the loop, micro-batches and donation, and
-what the run's bits depend on. The training loop asks a `DevicePlan`; nothing else calls
-`jax.default_backend()`, `jax.process_index()` or `jax.device_count()` for a run.
+what the run's bits depend on. The training loop asks a `DevicePlan` instead of calling
+`jax.default_backend()`, `jax.process_index()` or `jax.device_count()` itself.
 
 The measured numbers behind the automatic choices are in benchmarks/results/loop_choice.json.
 """
@@ -51,26 +51,39 @@ def choose_micro_batches(micro_batches: int | None, model_name: str, backend: st
 
 
 def backend_started() -> bool:
-    from jax._src import xla_bridge
+    """Whether a JAX backend has started in this process (it read XLA_FLAGS then); JAX has no
+    public way to ask, so an unknown answer counts as started."""
+    try:
+        from jax._src import xla_bridge
 
-    return xla_bridge.backends_are_initialized()
+        return xla_bridge.backends_are_initialized()
+    except (ImportError, AttributeError):
+        return True
+
+
+_flags_set_late = False  # XLA_FLAGS changed after the backend had read them
 
 
 def use_deterministic_kernels(enabled: bool = True) -> None:
     """Add (or with `enabled=False` remove) the deterministic-kernel flag in XLA_FLAGS; it takes
     effect only if no JAX backend has started yet in this process."""
-    flags = [flag for flag in os.environ.get("XLA_FLAGS", "").split() if flag != DETERMINISTIC_XLA_FLAG]
+    global _flags_set_late
+    before = os.environ.get("XLA_FLAGS", "")
+    flags = [flag for flag in before.split() if flag != DETERMINISTIC_XLA_FLAG]
     if enabled:
         flags.append(DETERMINISTIC_XLA_FLAG)
     os.environ["XLA_FLAGS"] = " ".join(flags)
-    if backend_started():
+    if os.environ["XLA_FLAGS"] != before and backend_started():
+        _flags_set_late = True
         print("warning: a JAX backend had already started; XLA_FLAGS changes take effect in a new process",
               file=sys.stderr)
 
 
 def deterministic_kernels_on() -> bool:
     """Whether the running backend computes bitwise repeatably (the flag reaches only XLA:GPU)."""
-    return jax.default_backend() != "gpu" or DETERMINISTIC_XLA_FLAG in os.environ.get("XLA_FLAGS", "").split()
+    if jax.default_backend() != "gpu":
+        return True
+    return not _flags_set_late and DETERMINISTIC_XLA_FLAG in os.environ.get("XLA_FLAGS", "").split()
 
 
 def initialize_distributed(coordinator_address: str | None, num_processes: int | None, process_id: int | None

@@ -139,6 +139,8 @@ def evaluate_run(workdir: Path, iw_samples: int, limit: int | None, sample_count
     if config.binarize == "dynamic":
         test_images = binarized_test_images(test_images)
     likelihood_key, sample_key = jax.random.split(jax.random.key(seed))
+    # Trained (and cached) at the backend's default precision, whoever asks for it first.
+    classifier = cached_classifier(dataset, classifier_dir, log=log) if model.variational and classifier_dir else None
     with jax.default_matmul_precision(METRIC_PRECISION):  # reported metrics: full float32 on every backend
         results = {
             "setting": {
@@ -153,8 +155,7 @@ def evaluate_run(workdir: Path, iw_samples: int, limit: int | None, sample_count
             log(f"importance sampling: {iw_samples} draws for each of {len(test_images)} test images")
             results["likelihood"] = likelihood_metrics(model, params, test_images, test_labels, likelihood_key,
                                                        iw_samples, batch_size)
-            if classifier_dir is not None:
-                classifier = cached_classifier(dataset, classifier_dir, log=log)
+            if classifier is not None:
                 results["sample_quality"] = sample_quality(model, params, dataset, classifier, sample_key, sample_count)
                 results["setting"] |= {"samples": sample_count, "classifier_test_accuracy": classifier.test_accuracy}
     write_json(workdir / EVALUATION_FILE, results)

@@ -28,7 +28,7 @@ from vaejax.batching import map_batches  # noqa: E402
 from vaejax.config import Config  # noqa: E402
 from vaejax.data import IMAGE_SIDE, Dataset  # noqa: E402
 from vaejax.models import AutoEncoder, decode, encode, images_to_float  # noqa: E402
-from vaejax.steps import seed_keys  # noqa: E402
+from vaejax.steps import full_precision, seed_keys  # noqa: E402
 
 DPI = 100
 SAMPLE_GRID = 8
@@ -85,10 +85,13 @@ class RunFigures:
             if model.conditional:  # one column per class, one row per z: the rows show style, the columns class
                 self.sample_shape = (SAMPLE_GRID, model.num_classes)
         self.kept: dict[str, Figure] = {}  # figures made once and updated each epoch (`save`)
-        self.to_pixels = jax.jit(lambda params, z, labels=None: jax.nn.sigmoid(decode(model, params, z, labels)))
-        self.to_means = jax.jit(
+        # At the evaluation's full float32 precision: training's figures use its latent means, and a
+        # redraw (`python -m vaejax.plot`) must give the same picture on every backend.
+        self.to_pixels = jax.jit(full_precision(lambda params, z, labels=None:
+                                                jax.nn.sigmoid(decode(model, params, z, labels))))
+        self.to_means = jax.jit(full_precision(
             lambda params, images, labels: encode(model, params, images_to_float(images), labels)[0]
-        )
+        ))
 
     def test_means(self, params, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Latent means of many images, encoded in batches."""

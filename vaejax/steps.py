@@ -228,6 +228,17 @@ def make_epoch_scan(train_step, steps: int, unroll: int = 1):
 METRIC_PRECISION = "highest"
 
 
+def full_precision(function):
+    """`function`, traced at METRIC_PRECISION (for code that computes reported numbers)."""
+
+    @functools.wraps(function)
+    def traced(*args, **kwargs):
+        with jax.default_matmul_precision(METRIC_PRECISION):
+            return function(*args, **kwargs)
+
+    return traced
+
+
 def make_eval_step(model: AutoEncoder, batch_sharding: NamedSharding | None = None, micro_batches: int = 1):
     """The pure (params, sums, images, labels, batch, key) -> (sums, latent means) step over batch
     `batch` of the test set in order. With `batch_sharding` each device evaluates its slice of the
@@ -238,12 +249,10 @@ def make_eval_step(model: AutoEncoder, batch_sharding: NamedSharding | None = No
         images, labels, weights = gather_batch(test_images, test_labels, order, batch, EVAL_BATCH_SIZE,
                                                batch_sharding)
         key = jax.random.fold_in(eval_key, batch)
-        with jax.default_matmul_precision(METRIC_PRECISION):
-            terms, means = micro_batch_terms(model, params, images, labels, weights, key,
-                                             micro_batches=micro_batches)
+        terms, means = micro_batch_terms(model, params, images, labels, weights, key, micro_batches=micro_batches)
         return accumulate(sums, terms, weights, batch), means
 
-    return eval_step
+    return full_precision(eval_step)
 
 
 def make_eval_scan(eval_step, batches: int):

@@ -235,7 +235,10 @@ def train(config: Config, dataset: Dataset | None = None, log: Callable[[str], N
             )
         plan = plan_devices(config.model, config.batch_size, config.loop, config.micro_batches)
         if plan.writes:
-            checkpoint.prepare_workdir(workdir, config, plan.bits_record())
+            changed = checkpoint.prepare_workdir(workdir, config, plan.bits_record())
+            if changed:
+                log(f"warning: resuming with another {', '.join(changed)} than the run began with: the result "
+                    "will not equal an uninterrupted run's bits (config.json keeps both)")
         model = build_model(config.model, config.latent_dim, config.inputs_decoder)
         optimizer = optax.adam(config.learning_rate)
         keys = seed_keys(config.seed)
@@ -250,22 +253,26 @@ def train(config: Config, dataset: Dataset | None = None, log: Callable[[str], N
         if plan.writes:
             checkpoint.write_metrics(workdir, history)
     worker = HostWorker()
-    try:
-        observer.start_run(model, dataset, worker)
-        state = _train_epochs(config, trainer, state, history, observer, worker, log, clock)
-        with clock("wait"):
-            worker.close()
-    except BaseException:
-        with contextlib.suppress(Exception):  # the first error is the one to report
-            worker.close()
-        raise
+    with StopSignal() as stop:
+        try:
+            observer.start_run(model, dataset, worker)
+            state = _train_epochs(config, trainer, state, history, observer, worker, stop, log, clock)
+            with clock("wait"):
+                worker.close()
+        except KeyboardInterrupt:  # a second Ctrl-C: abort at once; the last checkpoint on disk is whole
+            raise
+        except BaseException:
+            worker.keep_only("checkpoint")  # checkpoints already queued still land, figures do not
+            with contextlib.suppress(Exception):  # the first error is the one to report
+                worker.close()
+            raise
     if plan.writes:
         checkpoint.save_params(workdir, plan.to_host(state.params))
     return TrainResult(config, model, state.params, dataset, history, workdir, clock.seconds | dict(worker.seconds))
 
 
 def _train_epochs(config: Config, trainer: Trainer, state: TrainState, history: list[dict], observer: Observer,
-                  worker: HostWorker, log: Callable[[str], None], clock: Stopwatch) -> TrainState:
+                  worker: HostWorker, stop: StopSignal, log: Callable[[str], None], clock: Stopwatch) -> TrainState:
     """The epochs still to run; checkpoints and metrics are handed to `worker` as host copies."""
     plan, workdir = trainer.plan, Path(config.workdir)
 
@@ -275,59 +282,59 @@ def _train_epochs(config: Config, trainer: Trainer, state: TrainState, history: 
         if line is not None:  # an epoch's line is printed once its checkpoint is on disk
             log(line)
 
-    with StopSignal() as stop:
+    def after_step(state: TrainState) -> bool:
+        observer.step(state)
+        return stop()
 
-        def after_step(state: TrainState) -> bool:
-            observer.step(state)
-            return stop()
-
-        while int(state.epoch) < config.epochs:
-            epoch = int(state.epoch) + 1
-            started = time.perf_counter()
-            observer.start_epoch(epoch, trainer.steps, int(state.step))
-            with clock("train"):
-                state = trainer.train_epoch(state, after_step)
-                bad_step = first_nonfinite_step(state.sums)  # the epoch's first sync with the host
-            if bad_step is not None:
-                raise VaejaxError(
-                    f"loss became non-finite in epoch {epoch} at step {bad_step + 1} of {trainer.steps}; "
-                    f"stopped, the last good checkpoint (epoch {epoch - 1}) is kept"
-                )
-            if int(state.step) < trainer.steps:
-                worker.drain()  # earlier checkpoints first, then this one
-                if plan.writes:
-                    save(checkpoint.host_state(state), list(history))
-                raise TrainingInterrupted(
-                    f"interrupted in epoch {epoch} after step {int(state.step)} of {trainer.steps}; "
-                    f"checkpoint written, continue with --resume", stop.signum,
-                )
-            with clock("evaluate"):
-                train_metrics = epoch_means(state.sums)
-                test_metrics, test_means = trainer.evaluate(state.params)
-            seconds = time.perf_counter() - started
-            with clock("epoch_end"):
-                step_losses = np.asarray(plan.to_host(state.sums["step_losses"]))
-                state = plan.place(state.replace(rng=trainer.next_rng(state.rng), epoch=np.int32(epoch),
-                                                 step=np.int32(0), sums=zero_sums(trainer.steps)))
-                record = {
-                    "epoch": epoch, "train": train_metrics, "test": test_metrics,
-                    "seconds": round(seconds, 3), "config_hash": config.result_hash(),
-                }
-                history.append(record)
-                line = format_epoch(epoch, config.epochs, train_metrics, test_metrics, seconds,
-                                    trainer.model.variational)
-                if plan.writes:
-                    worker.submit("checkpoint", functools.partial(save, checkpoint.host_state(state), list(history),
-                                                                  line))
-                else:
-                    log(line)
-                # The figures reuse the evaluation's latent means, unless it saw a binarized test set.
-                observer.end_epoch(record, plan.to_host(state.params), step_losses, list(history),
-                                   None if trainer.binarize else test_means)
-            if stop():  # a scan epoch cannot stop mid-way: it stops here, checkpointed
-                worker.drain()
-                raise TrainingInterrupted(
-                    f"interrupted after epoch {epoch}; checkpoint written, continue with --resume", stop.signum,
-                )
+    while int(state.epoch) < config.epochs:
+        epoch = int(state.epoch) + 1
+        started = time.perf_counter()
+        observer.start_epoch(epoch, trainer.steps, int(state.step))
+        with clock("train"):
+            state = trainer.train_epoch(state, after_step)
+            bad_step = first_nonfinite_step(state.sums)  # the epoch's first sync with the host
+        if bad_step is not None:
+            raise VaejaxError(
+                f"loss became non-finite in epoch {epoch} at step {bad_step + 1} of {trainer.steps}; "
+                f"stopped, the last good checkpoint (epoch {epoch - 1}) is kept"
+            )
+        if int(state.step) < trainer.steps:
+            worker.keep_only("checkpoint")  # earlier checkpoints first, then this one; no more figures
+            worker.drain()
+            if plan.writes:
+                save(checkpoint.host_state(state), list(history))
+            raise TrainingInterrupted(
+                f"interrupted in epoch {epoch} after step {int(state.step)} of {trainer.steps}; "
+                f"checkpoint written, continue with --resume", stop.signum,
+            )
+        with clock("evaluate"):
+            train_metrics = epoch_means(state.sums)
+            test_metrics, test_means = trainer.evaluate(state.params)
+        seconds = time.perf_counter() - started
+        with clock("epoch_end"):
+            step_losses = np.asarray(plan.to_host(state.sums["step_losses"]))
+            state = plan.place(state.replace(rng=trainer.next_rng(state.rng), epoch=np.int32(epoch),
+                                             step=np.int32(0), sums=zero_sums(trainer.steps)))
+            record = {
+                "epoch": epoch, "train": train_metrics, "test": test_metrics,
+                "seconds": round(seconds, 3), "config_hash": config.result_hash(),
+            }
+            history.append(record)
+            line = format_epoch(epoch, config.epochs, train_metrics, test_metrics, seconds,
+                                trainer.model.variational)
+            if plan.writes:
+                worker.submit("checkpoint", functools.partial(save, checkpoint.host_state(state), list(history),
+                                                              line))
+            else:
+                log(line)
+            # The figures reuse the evaluation's latent means, unless it saw a binarized test set.
+            observer.end_epoch(record, plan.to_host(state.params), step_losses, list(history),
+                               None if trainer.binarize else test_means)
+        if stop():  # a scan epoch cannot stop mid-way: it stops here, checkpointed
+            worker.keep_only("checkpoint")
+            worker.drain()
+            raise TrainingInterrupted(
+                f"interrupted after epoch {epoch}; checkpoint written, continue with --resume", stop.signum,
+            )
     return state
 
