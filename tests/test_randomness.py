@@ -128,3 +128,21 @@ def test_figure_samples_are_the_same_z_every_epoch(tmp_path, small_mnist):
     params = [models.init_params(model, jax.random.key(index)) for index in range(2)]
     samples = [figures[0].epoch_arrays(p).samples for p in params]  # other params, same z
     assert samples[0].shape == (64, 784) and not np.array_equal(samples[0], samples[1])
+
+
+def test_each_test_batch_draws_its_own_evaluation_noise(monkeypatch, small_mnist):
+    """The evaluation key is folded with the batch index: two test batches never share their noise."""
+    import optax
+
+    from vaejax.devices import plan_devices
+    from vaejax.training import Trainer
+
+    draws = record_draws(monkeypatch)
+    dataset = dataclasses.replace(small_mnist, test_images=np.concatenate([small_mnist.test_images] * 4),
+                                  test_labels=np.concatenate([small_mnist.test_labels] * 4))  # 1200: 2 batches
+    model, keys = models.build_model("conv_vae", 2), steps.seed_keys(0)
+    trainer = Trainer(model, optax.adam(1e-3), BATCH, dataset, keys.eval,
+                      plan_devices("conv_vae", BATCH, loop="step", micro_batches=1))
+    trainer.evaluate(models.init_params(model, keys.init))
+    _, eval_noise = split_by_batch_size(draws.noise)
+    assert len(eval_noise) == 2 and distinct(eval_noise) == 2
