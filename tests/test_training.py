@@ -253,3 +253,19 @@ def test_binarized_run_evaluates_on_the_fixed_binary_test_set(tmp_path, small_mn
     result = train(dense_config(tmp_path, binarize="dynamic"), small_mnist, log=quiet)
     plain = train(dense_config(tmp_path, "plain"), small_mnist, log=quiet)
     assert result.history[-1]["test"]["loss"] != plain.history[-1]["test"]["loss"]
+
+
+def test_epoch_means_weigh_every_real_image_once(small_mnist):
+    """300 test images in one padded batch of 1000: the test loss is the mean over the 300 images,
+    the padding counted nowhere (neither in the batch mean nor in the epoch's image count)."""
+    from vaejax.losses import bce_from_logits
+
+    model, keys = build_model("dense_ae", 2), seed_keys(0)
+    params = init_params(model, keys.init)
+    trainer = Trainer(model, optax.adam(1e-3), 64, small_mnist, keys.eval, plan_devices("dense_ae", 64, loop="step"))
+    metrics, means = trainer.evaluate(params)
+    images = images_to_float(small_mnist.test_images)
+    logits = model.apply({"params": params}, images, keys.eval)[0]
+    expected = float(bce_from_logits(logits, images.reshape(len(images), -1)).mean())
+    np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)
+    assert means.shape == (300, 2)
