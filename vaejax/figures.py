@@ -100,7 +100,9 @@ class RunFigures:
     def write_epoch(self, epoch: int, params, history: list[dict]) -> EpochImages:
         """All figures of `epoch` (its number in the file names), drawn with `params`, and the
         learning curves of `history`."""
-        return self.draw(epoch, self.epoch_arrays(params), history)
+        arrays = self.epoch_arrays(params)
+        self.draw(epoch, arrays, history)
+        return arrays.epoch_images(self.sample_shape)
 
     def epoch_arrays(self, params, test_means: np.ndarray | None = None) -> FigureArrays:
         """What the figures of `params` show, computed on the device, as host arrays; the test set's
@@ -126,11 +128,11 @@ class RunFigures:
                 arrays.normal_grid = self.decode_grid(params, z, z)
         return arrays
 
-    def draw(self, epoch: int, arrays: FigureArrays, history: list[dict]) -> EpochImages:
+    def draw(self, epoch: int, arrays: FigureArrays, history: list[dict]) -> None:
         """Write the figures of `arrays` as epoch `epoch`'s, and the learning curves of `history`.
 
-        Each figure is made once and then updated in place (new pixels, points and lines; the same
-        axes, text and layout), which halves the cost of drawing an epoch."""
+        Figures whose axes stay are made once and then updated in place (new pixels and points; the
+        same axes, text and layout), so later epochs skip making figures and laying them out."""
         self.folder.mkdir(parents=True, exist_ok=True)
         model, names = self.model, self.dataset.class_names
         # Made anew: their tick labels change with the history, and so would the layout.
@@ -147,7 +149,6 @@ class RunFigures:
                       lambda fig: fig.axes[0].images[0].set_data(tile(arrays.samples, *self.sample_shape)))
         if arrays.means is not None:
             self.draw_latent(epoch, arrays)
-        return arrays.epoch_images(self.sample_shape)
 
     def draw_latent(self, epoch: int, arrays: FigureArrays) -> None:
         """The latent scatter; at latent 2 beside the decoded grid (a VAE's fixed z grid keeps its axes,
