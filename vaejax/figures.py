@@ -118,13 +118,10 @@ class RunFigures:
                         else test_means)
         if self.latent_dim == 2 and not self.model.conditional:
             # A conditional decoder needs a class for every grid point: only the scatter is drawn.
-            if self.model.variational:
-                xs = ys = SEED_GRID_VALUES
-            else:  # a plain AE has no prior: span the bulk of its codes instead
-                xs, ys = (code_span(arrays.means[:, axis]) for axis in (0, 1))
+            xs, ys = linear_grid_values(arrays.means, self.model.variational)
             arrays.grid_axes, arrays.grid = (xs, ys), self.decode_grid(params, xs, ys)
             if self.model.variational:
-                z = np.array([NormalDist().inv_cdf(p) for p in NORMAL_GRID_PROBABILITIES])
+                z = normal_grid_values()
                 arrays.normal_grid = self.decode_grid(params, z, z)
         return arrays
 
@@ -221,6 +218,19 @@ def prior_grid(sample_key: jax.Array, latent_dim: int, num_classes: int) -> tupl
     return jnp.repeat(z[:SAMPLE_GRID], num_classes, axis=0), jnp.tile(jnp.arange(num_classes), SAMPLE_GRID)
 
 
+def linear_grid_values(coords: np.ndarray, variational: bool) -> tuple[np.ndarray, np.ndarray]:
+    """z values of the linear grid along the two axes of 2-d `coords`: the seed's fixed grid for a VAE;
+    a plain AE has no prior, so its grid spans the bulk of its codes instead."""
+    if variational:
+        return SEED_GRID_VALUES, SEED_GRID_VALUES
+    return code_span(coords[:, 0]), code_span(coords[:, 1])
+
+
+def normal_grid_values() -> np.ndarray:
+    """z values of the inverse-CDF grid along one axis."""
+    return np.array([NormalDist().inv_cdf(p) for p in NORMAL_GRID_PROBABILITIES])
+
+
 def code_span(codes: np.ndarray, points: int = 14) -> np.ndarray:
     """Grid values over the 1st-99th percentile of a code; a dead (constant) ReLU unit gets +-0.5."""
     low, high = np.percentile(codes, [1, 99])
@@ -247,12 +257,18 @@ def project_2d(means: np.ndarray) -> tuple[np.ndarray, str]:
         return means, "Latent means of the test set"
     if means.shape[1] == 1:
         return np.concatenate([means, np.zeros_like(means)], axis=1), "Latent means of the test set (1-d)"
-    centered = means - means.mean(axis=0)
-    _, singular, components = np.linalg.svd(centered, full_matrices=False)
-    explained = (singular[:2] ** 2).sum() / (singular**2).sum()
+    center, components, explained = principal_plane(means)
     title = (f"Latent means ({means.shape[1]}-d) on their first two principal components "
              f"({explained:.0%} of the variance)")
-    return centered @ components[:2].T, title
+    return (means - center) @ components.T, title
+
+
+def principal_plane(means: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """The plane of the first two principal components of `means` (N, d), d >= 2: its center (d,),
+    the components (2, d) and the share of the variance they explain."""
+    center = means.mean(axis=0)
+    _, singular, components = np.linalg.svd(means - center, full_matrices=False)
+    return center, components[:2], float((singular[:2] ** 2).sum() / (singular**2).sum())
 
 
 def plot_reconstructions(images: np.ndarray, reconstructions: np.ndarray, titles: list[str]):
