@@ -70,8 +70,8 @@ def test_evaluate_a_plain_autoencoder_gives_reconstruction_metrics_only(dense_ru
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--iw_samples", "0"], "--iw_samples must be at least 1, got 0"),
-    (["--limit", "0"], "--limit must be at least 1, got 0"),
+    (["--iw_samples", "0"], "--iw_samples must be from 1 to 2147483647, got 0"),
+    (["--limit", "0"], "--limit must be from 1 to 16777216 (no dataset holds more images), got 0"),
 ])
 def test_evaluate_bad_options_end_in_one_line(dense_run, capsys, args, message):
     assert evaluate.main(["--workdir", str(dense_run), *args]) == 2
@@ -141,7 +141,7 @@ def test_generate_seed_changes_the_images(cvae_run, tmp_path):
     ("dense_run", [], "a plain autoencoder has no prior to sample from"),
     ("dense_run", ["--labels"], "--labels needs a class-conditional model (conv_cvae)"),
     ("cvae_run", [], "conv_cvae generates a chosen class: pass --labels"),
-    ("cvae_run", ["--labels", "--count", "0"], "--count must be at least 1, got 0"),
+    ("cvae_run", ["--labels", "--count", "0"], "--count must be from 1 to 4294967295 (an IDX header holds the count in 32 bits), got 0"),
 ])
 def test_generate_misuse_ends_in_one_line(request, tmp_path, capsys, run, args, message):
     workdir = request.getfixturevalue(run)

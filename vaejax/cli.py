@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import dataclasses
+from dataclasses import dataclass
 
-from vaejax import devices  # imports JAX, which reads XLA_FLAGS only when its backend starts
+from vaejax import devices, validation  # devices imports JAX, which reads XLA_FLAGS only when its backend starts
+from vaejax.command import Command, OneLineParser
 from vaejax.config import MODEL_DEFAULTS, MODELS, Config
 from vaejax.devices import DETERMINISTIC_XLA_FLAG
-from vaejax.errors import VaejaxError
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line (no usage block) with exit code 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def defaults_text(option: str) -> str:
@@ -98,25 +92,56 @@ def time_split(seconds: dict[str, float]) -> str:
             + "; in the background: " + ", ".join(f"{name} {seconds[name]:.1f}s" for name in background))
 
 
-LAUNCH_FLAGS = ("distributed", "coordinator_address", "num_processes", "process_id")
+@dataclass(frozen=True)
+class Launch:
+    """How this process joins the others (`--distributed` and the three flags that may go with it)."""
+
+    distributed: bool = False
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+
+    def validate(self) -> None:
+        given = [f"--{name}" for name in ("coordinator_address", "num_processes", "process_id")
+                 if getattr(self, name) is not None]
+        validation.require(self.distributed or not given, f"{', '.join(given)} needs --distributed")
+        if self.coordinator_address is not None:
+            host, _, port = self.coordinator_address.rpartition(":")
+            validation.require(host.strip() != "" and port.isdigit() and 1 <= int(port) <= validation.PORT_MAX,
+                               f"--coordinator_address must be host:port (port 1 to {validation.PORT_MAX}), "
+                               f"got {self.coordinator_address!r}")
+        if self.num_processes is not None:
+            validation.whole_number("--num_processes", self.num_processes, 1, validation.INT32_MAX)
+        if self.process_id is not None:
+            most = (self.num_processes or validation.INT32_MAX + 1) - 1
+            validation.whole_number("--process_id", self.process_id, 0, most, "below --num_processes")
+
+
+LAUNCH_FLAGS = tuple(field.name for field in dataclasses.fields(Launch))
+
+
+def options_from_flags(flags: argparse.Namespace) -> tuple[Config, Launch]:
+    """The run's Config and this process's Launch, both validated."""
+    options = vars(flags)
+    launch = Launch(**{name: options.pop(name) for name in LAUNCH_FLAGS})
+    launch.validate()
+    return Config(**options).resolved(), launch
+
+
+def start(options: tuple[Config, Launch]) -> int:
+    config, launch = options
+    devices.use_deterministic_kernels(config.deterministic)
+    if launch.distributed:
+        devices.initialize_distributed(launch.coordinator_address, launch.num_processes, launch.process_id)
+    return run(config)
+
+
+COMMAND = Command("train.py", build_parser, options_from_flags, start,
+                  interrupted="aborted; the last checkpoint is untouched")
 
 
 def main(argv: list[str] | None = None) -> int:
-    options = vars(build_parser().parse_args(argv))
-    launch = {name: options.pop(name) for name in LAUNCH_FLAGS}
-    try:
-        config = Config(**options).resolved()
-        devices.use_deterministic_kernels(config.deterministic)
-        if launch.pop("distributed"):
-            devices.initialize_distributed(**launch)
-        return run(config)
-    except VaejaxError as error:
-        kind = "error: " if error.exit_code == 2 else ""  # an interrupt is no error
-        print(f"train.py: {kind}{error}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
-        print("train.py: aborted; the last checkpoint is untouched", file=sys.stderr)
-        return 130
+    return COMMAND.main(argv)
 
 
 def run(config: Config) -> int:

@@ -6,13 +6,20 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass
 
-from vaejax.errors import VaejaxError
+from vaejax import validation
+from vaejax.data import IMAGE_PIXELS, IMAGE_SIDE
+from vaejax.validation import INT32_MAX
+from vaejax.validation import require as _require
 
 MODELS = ("conv_vae", "conv_cvae", "dense_ae")
 BINARIZATIONS = ("none", "dynamic")
 LOOPS = ("auto", "step", "scan", "unrolled")
+DATASET_NAME = re.compile(r"[a-z][a-z0-9_]*(/[a-z0-9_.]+)?(:[0-9.*]+)?")  # TFDS's name[/config][:version]
+MAX_TRAIN_IMAGES = 2**24  # far above any MNIST-like set (EMNIST: 697,932), below where float32 counts lose 1s
+MAX_TEST_IMAGES_SHOWN = 100  # the reconstruction figure; drawing grows with it
 
 # The seeds' settings: seed 000 (TF1 conv VAE) and seed 003 (Keras dense AE, Keras' default batch).
 MODEL_DEFAULTS = {
@@ -56,8 +63,7 @@ class Config:
 
     def resolved(self) -> Config:
         """Fill model defaults and the default work directory, then validate."""
-        if self.model not in MODELS:
-            raise VaejaxError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        _require(self.model in MODELS, f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
         defaults = MODEL_DEFAULTS[self.model]
         filled = {name: value for name, value in defaults.items() if getattr(self, name) is None}
         dataset = normalize_dataset_name(self.dataset)
@@ -71,24 +77,27 @@ class Config:
         return config
 
     def validate(self) -> None:
-        """Raise VaejaxError naming the first invalid option."""
-        _require(self.latent_dim >= 1, f"--latent_dim must be at least 1, got {self.latent_dim}")
-        _require(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
-        _require(self.batch_size >= 1, f"--batch_size must be at least 1, got {self.batch_size}")
-        _require(
-            math.isfinite(self.learning_rate) and self.learning_rate > 0,
-            f"--learning_rate must be a positive finite number, got {self.learning_rate}",
-        )
+        """Raise VaejaxError naming the first invalid option; every bound is stated in README's flag table."""
+        _require(DATASET_NAME.fullmatch(self.dataset) is not None,
+                 f"--dataset must be mnist or a TFDS name such as fashion_mnist, got {self.dataset!r}")
+        if self.data_dir is not None:
+            validation.existing_folder("--data_dir", self.data_dir)
+        validation.whole_number("--latent_dim", self.latent_dim, 1, IMAGE_PIXELS, "a code no longer than the image")
         root = math.isqrt(self.inputs_decoder) if self.inputs_decoder >= 1 else 0
         _require(
-            root >= 1 and root * root == self.inputs_decoder,
-            f"--inputs_decoder must be a perfect square (e.g. 49), got {self.inputs_decoder}",
+            root * root == self.inputs_decoder and 1 <= root <= IMAGE_SIDE,
+            f"--inputs_decoder must be a perfect square from 1 to {IMAGE_PIXELS} (a square no larger than the "
+            f"image, e.g. 49), got {self.inputs_decoder}",
         )
-        _require(self.limit is None or self.limit >= 1, f"--limit must be at least 1, got {self.limit}")
-        _require(
-            self.test_image_number >= 1,
-            f"--test_image_number must be at least 1, got {self.test_image_number}",
-        )
+        validation.whole_number("--epochs", self.epochs, 1, INT32_MAX, "the state counts epochs in int32")
+        validation.whole_number("--batch_size", self.batch_size, 1, MAX_TRAIN_IMAGES, "no dataset holds more images")
+        validation.positive_finite("--learning_rate", self.learning_rate)
+        validation.seed("--seed", self.seed)
+        if self.limit is not None:
+            validation.whole_number("--limit", self.limit, 1, MAX_TRAIN_IMAGES, "no dataset holds more images")
+        validation.output_folder("--workdir", self.workdir)
+        validation.whole_number("--test_image_number", self.test_image_number, 1, MAX_TEST_IMAGES_SHOWN,
+                                "one figure column each")
         _require(not (self.resume and self.overwrite), "--resume and --overwrite exclude each other")
         _require(self.loop in LOOPS, f"--loop must be one of {', '.join(LOOPS)}, got {self.loop!r}")
         _require(
@@ -99,6 +108,13 @@ class Config:
             self.binarize in BINARIZATIONS,
             f"--binarize must be one of {', '.join(BINARIZATIONS)}, got {self.binarize!r}",
         )
+
+    def check_dataset(self, train_images: int) -> None:
+        """The bounds that follow from the data: a batch and a limit no larger than the training set."""
+        limit = self.limit if self.limit is not None else train_images
+        _require(limit <= train_images, f"--limit {limit} is more than the {train_images} training images")
+        _require(self.batch_size <= limit,
+                 f"--batch_size {self.batch_size} is larger than the {limit} training images")
 
     def result_dict(self) -> dict:
         """The options that determine the trained parameters."""
@@ -118,6 +134,3 @@ def normalize_dataset_name(name: str) -> str:
     return name.strip().lower().replace("-", "_")
 
 
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise VaejaxError(message)

@@ -19,6 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vaejax.errors import VaejaxError
+from vaejax.validation import host_memory_bytes
 
 # XLA:GPU's fastest reductions (atomics, autotuned split-K) may add in another order each run; this
 # flag keeps only deterministic kernels. XLA reads it when the backend starts, so it must be in
@@ -94,6 +95,13 @@ def initialize_distributed(coordinator_address: str | None, num_processes: int |
     except (RuntimeError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise VaejaxError(f"--distributed: {first_line}") from None
+
+
+def device_memory_bytes() -> int:
+    """Memory one device offers a computation: what an accelerator's allocator may use, or the
+    host's physical memory on XLA:CPU (which reports no limit)."""
+    stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
+    return int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else host_memory_bytes()
 
 
 @dataclass(frozen=True)

@@ -16,22 +16,35 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vaejax import validation
 from vaejax.batching import map_batches
+from vaejax.command import Command, OneLineParser
+from vaejax.config import MAX_TRAIN_IMAGES
 from vaejax.data import IMAGE_PIXELS, IMAGE_SIDE, Dataset
-from vaejax.errors import VaejaxError
 from vaejax.losses import bce_from_logits, gaussian_kl, importance_log_weights, iwae_bound
 from vaejax.metrics import frechet_distance, gaussian_statistics, mse, prediction_statistics, psnr, ssim
-from vaejax.models import AutoEncoder, binarized_test_images, decode, encode, images_to_float
-from vaejax.steps import METRIC_PRECISION
+from vaejax.models import (
+    AutoEncoder,
+    activation_bytes_per_image,
+    binarized_test_images,
+    decode,
+    encode,
+    images_to_float,
+)
+from vaejax.steps import METRIC_PRECISION, root_key
+from vaejax.validation import host_memory_bytes
 
 EVALUATION_FILE = "evaluation.json"
 MAX_CHUNK = 50  # importance samples decoded at once per image
+BYTES_PER_LOG_WEIGHT = 16  # float32 log weight and log likelihood, each stacked by lax.map and transposed
+SAMPLE_BYTES = 2 * IMAGE_PIXELS * 4  # a generated image's probabilities and the classifier's input
 
 
 def importance_chunk(samples: int) -> int:
@@ -119,26 +132,61 @@ def sample_quality(model: AutoEncoder, params, dataset: Dataset, classifier, key
     return {"generated": generated, "real_train_images": floor}
 
 
-def evaluate_run(workdir: Path, iw_samples: int, limit: int | None, sample_count: int,
-                 classifier_dir: Path | None, seed: int, batch_size: int,
-                 log: Callable[[str], None] = print) -> dict:
-    """Every metric of the run in `workdir`; `classifier_dir` None skips the sample-quality part."""
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """`python -m vaejax.evaluate`'s options; `validate` holds every bound that needs no data."""
+
+    workdir: Path
+    iw_samples: int = 100
+    limit: int | None = None
+    samples: int = 10000
+    classifier_dir: Path | None = Path("runs/classifiers")  # None: no sample-quality metrics
+    seed: int = 0
+    batch_size: int = 100
+
+    def validate(self) -> None:
+        validation.existing_folder("--workdir", self.workdir)
+        validation.whole_number("--iw_samples", self.iw_samples, 1, validation.INT32_MAX)
+        if self.limit is not None:
+            validation.whole_number("--limit", self.limit, 1, MAX_TRAIN_IMAGES, "no dataset holds more images")
+        validation.whole_number("--samples", self.samples, 2, validation.INT32_MAX, "a Frechet distance needs two")
+        if self.classifier_dir is not None:
+            validation.output_folder("--classifier_dir", self.classifier_dir)
+        validation.whole_number("--batch_size", self.batch_size, 1, MAX_TRAIN_IMAGES, "no dataset holds more images")
+        validation.seed("--seed", self.seed)
+
+    def check_memory(self, model: AutoEncoder, memory_bytes: int) -> None:
+        """The bounds that follow from the memory: a batch's importance draws and decodes, the samples."""
+        if not model.variational:
+            return
+        validation.memory_bound("--iw_samples", self.iw_samples, self.batch_size * BYTES_PER_LOG_WEIGHT,
+                                memory_bytes, f"the log weights of a batch of {self.batch_size}")
+        chunk = importance_chunk(self.iw_samples)
+        validation.memory_bound("--batch_size", self.batch_size, chunk * activation_bytes_per_image(model),
+                                memory_bytes, f"decoding {chunk} draws per image at once")
+        if self.classifier_dir is not None:
+            validation.memory_bound("--samples", self.samples, SAMPLE_BYTES, host_memory_bytes(),
+                                    "the generated images and their pixel probabilities")
+
+
+def evaluate_run(options: EvaluateOptions, log: Callable[[str], None] = print) -> dict:
+    """Every metric of the run in `options.workdir`; no classifier_dir skips the sample-quality part."""
     from vaejax.checkpoint import load_finished_run, write_json
     from vaejax.classifier import cached_classifier
     from vaejax.data import load_dataset
+    from vaejax.devices import device_memory_bytes
 
-    if iw_samples < 1:
-        raise VaejaxError(f"--iw_samples must be at least 1, got {iw_samples}")
-    if limit is not None and limit < 1:
-        raise VaejaxError(f"--limit must be at least 1, got {limit}")
-    if batch_size < 1 or sample_count < 2:
-        raise VaejaxError("--batch_size must be at least 1 and --samples at least 2")
+    workdir, iw_samples, limit, batch_size = options.workdir, options.iw_samples, options.limit, options.batch_size
+    samples, classifier_dir = options.samples, options.classifier_dir
     config, model, params, history = load_finished_run(workdir)
+    options.check_memory(model, device_memory_bytes())
     dataset = load_dataset(config.dataset, config.data_dir)
+    validation.require(limit is None or limit <= len(dataset.test_images),
+                       f"--limit {limit} is more than the {len(dataset.test_images)} test images")
     test_images, test_labels = dataset.test_images[:limit], dataset.test_labels[:limit].astype(np.int32)
     if config.binarize == "dynamic":
         test_images = binarized_test_images(test_images)
-    likelihood_key, sample_key = jax.random.split(jax.random.key(seed))
+    likelihood_key, sample_key = jax.random.split(root_key(options.seed))
     # Trained (and cached) at the backend's default precision, whoever asks for it first.
     classifier = cached_classifier(dataset, classifier_dir, log=log) if model.variational and classifier_dir else None
     with jax.default_matmul_precision(METRIC_PRECISION):  # reported metrics: full float32 on every backend
@@ -146,7 +194,7 @@ def evaluate_run(workdir: Path, iw_samples: int, limit: int | None, sample_count
             "setting": {
                 "model": config.model, "dataset": config.dataset, "binarize": config.binarize,
                 "latent_dim": config.latent_dim, "epochs": history[-1]["epoch"], "test_images": len(test_images),
-                "iw_samples": iw_samples if model.variational else None, "seed": seed,
+                "iw_samples": iw_samples if model.variational else None, "seed": options.seed,
                 "backend": jax.default_backend(),
             },
             "reconstruction": reconstruction_metrics(model, params, test_images, test_labels, batch_size),
@@ -156,8 +204,8 @@ def evaluate_run(workdir: Path, iw_samples: int, limit: int | None, sample_count
             results["likelihood"] = likelihood_metrics(model, params, test_images, test_labels, likelihood_key,
                                                        iw_samples, batch_size)
             if classifier is not None:
-                results["sample_quality"] = sample_quality(model, params, dataset, classifier, sample_key, sample_count)
-                results["setting"] |= {"samples": sample_count, "classifier_test_accuracy": classifier.test_accuracy}
+                results["sample_quality"] = sample_quality(model, params, dataset, classifier, sample_key, samples)
+                results["setting"] |= {"samples": samples, "classifier_test_accuracy": classifier.test_accuracy}
     write_json(workdir / EVALUATION_FILE, results)
     return results
 
@@ -191,37 +239,48 @@ def format_table(results: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vaejax.cli import OneLineParser
-
-    parser = OneLineParser(prog="python -m vaejax.evaluate", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    defaults = EvaluateOptions(Path("."))
+    parser = OneLineParser(prog=COMMAND_NAME, description=__doc__.splitlines()[0].split(": ", 1)[1])
     add = parser.add_argument
     add("--workdir", required=True, help="work directory of a finished run")
-    add("--iw_samples", type=int, default=100,
-        help="importance samples k per test image (default: 100; 1000 or 5000 on a GPU, as papers use)")
-    add("--limit", type=int, default=None, help="evaluate on the first N test images only (default: all)")
-    add("--samples", type=int, default=10000, help="generated images judged by the classifier (default: 10000)")
-    add("--classifier_dir", default="runs/classifiers",
-        help="where the digit classifier is cached, trained there on first use (default: runs/classifiers)")
+    add("--iw_samples", type=int, default=defaults.iw_samples,
+        help="importance samples k per test image (default: %(default)s; 1000 or 5000 on a GPU, as papers use)")
+    add("--limit", type=int, default=defaults.limit, help="evaluate on the first N test images only (default: all)")
+    add("--samples", type=int, default=defaults.samples,
+        help="generated images judged by the classifier (default: %(default)s)")
+    add("--classifier_dir", default=str(defaults.classifier_dir),
+        help="where the digit classifier is cached, trained there on first use (default: %(default)s)")
     add("--no-sample_quality", dest="sample_quality", action="store_false",
         help="skip the classifier-based sample metrics")
-    add("--batch_size", type=int, default=100, help="test images per compiled batch (default: 100)")
-    add("--seed", type=int, default=0, help="seed of the importance draws and the samples (default: 0)")
+    add("--batch_size", type=int, default=defaults.batch_size,
+        help="test images per compiled batch (default: %(default)s)")
+    add("--seed", type=int, default=defaults.seed,
+        help="seed of the importance draws and the samples (default: %(default)s)")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        results = evaluate_run(
-            Path(args.workdir), args.iw_samples, args.limit, args.samples,
-            Path(args.classifier_dir) if args.sample_quality else None, args.seed, args.batch_size,
-        )
-    except VaejaxError as error:
-        print(f"vaejax.evaluate: error: {error}", file=sys.stderr)
-        return error.exit_code
+def options_from_flags(flags: argparse.Namespace) -> EvaluateOptions:
+    options = EvaluateOptions(
+        Path(flags.workdir), flags.iw_samples, flags.limit, flags.samples,
+        Path(flags.classifier_dir) if flags.sample_quality else None, flags.seed, flags.batch_size,
+    )
+    options.validate()
+    return options
+
+
+def run(options: EvaluateOptions) -> int:
+    results = evaluate_run(options)
     print(format_table(results))
-    print(f"wrote {Path(args.workdir) / EVALUATION_FILE}")
+    print(f"wrote {options.workdir / EVALUATION_FILE}")
     return 0
+
+
+COMMAND_NAME = "python -m vaejax.evaluate"
+COMMAND = Command(COMMAND_NAME, build_parser, options_from_flags, run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return COMMAND.main(argv)
 
 
 if __name__ == "__main__":

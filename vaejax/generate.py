@@ -10,21 +10,27 @@ from __future__ import annotations
 import argparse
 import io
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vaejax import validation
 from vaejax.batching import map_batches
-from vaejax.data import IMAGE_SIDE, NUM_CLASSES, write_idx
+from vaejax.command import Command, OneLineParser
+from vaejax.data import IMAGE_PIXELS, IMAGE_SIDE, NUM_CLASSES, write_idx
 from vaejax.errors import VaejaxError
 from vaejax.models import AutoEncoder, decode, encode, images_to_float
+from vaejax.steps import root_key
 
 DECODE_BATCH = 1000
 SHEET_SIDE = 10  # the PNG sheet shows the first 10 x 10 images
 INTERPOLATION_STEPS = 10
 INTERPOLATION_PAIRS = 8
+MAX_IDX_COUNT = 2**32 - 1
+BYTES_PER_IMAGE = IMAGE_PIXELS * (4 + 1 + 4)  # float32 probabilities, uint8 image, and the NPZ's float32 copy
 
 
 def balanced_labels(count: int) -> np.ndarray:
@@ -97,51 +103,80 @@ def write_outputs(out: Path, images: np.ndarray, labels: np.ndarray | None, pixe
     return written
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from vaejax.cli import OneLineParser
+@dataclass(frozen=True)
+class GenerateOptions:
+    """`python -m vaejax.generate`'s options and their bounds."""
 
-    parser = OneLineParser(prog="python -m vaejax.generate", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    workdir: Path
+    count: int = 10000
+    out: Path | None = None  # None: <workdir>/generated
+    labels: bool = False
+    seed: int = 0
+
+    def validate(self) -> None:
+        validation.existing_folder("--workdir", self.workdir)
+        validation.whole_number("--count", self.count, 1, MAX_IDX_COUNT, "an IDX header holds the count in 32 bits")
+        validation.memory_bound("--count", self.count, BYTES_PER_IMAGE, validation.host_memory_bytes(),
+                                "the images and their pixel probabilities")
+        validation.output_folder("--out", self.output_folder)
+        validation.seed("--seed", self.seed)
+
+    @property
+    def output_folder(self) -> Path:
+        return self.out if self.out is not None else self.workdir / "generated"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = GenerateOptions(Path("."))
+    parser = OneLineParser(prog=COMMAND_NAME, description=__doc__.splitlines()[0].split(": ", 1)[1])
     parser.add_argument("--workdir", required=True, help="work directory of a finished VAE run")
-    parser.add_argument("--count", type=int, default=10000, help="images to generate (default: 10000)")
+    parser.add_argument("--count", type=int, default=defaults.count, help="images to generate (default: %(default)s)")
     parser.add_argument("--out", default=None, help="output folder (default: <workdir>/generated)")
     parser.add_argument("--labels", action="store_true",
                         help="conv_cvae: generate every class equally often and write the labels too")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the prior draws (default: 0)")
+    parser.add_argument("--seed", type=int, default=defaults.seed,
+                        help="seed of the prior draws (default: %(default)s)")
     return parser
 
 
-def generate(workdir: Path, count: int, out: Path, with_labels: bool, seed: int) -> list[Path]:
+def options_from_flags(flags: argparse.Namespace) -> GenerateOptions:
+    options = GenerateOptions(Path(flags.workdir), flags.count, Path(flags.out) if flags.out is not None else None,
+                              flags.labels, flags.seed)
+    options.validate()
+    return options
+
+
+def generate(options: GenerateOptions) -> list[Path]:
     from vaejax.checkpoint import load_finished_run
     from vaejax.data import load_dataset
 
-    if count < 1:
-        raise VaejaxError(f"--count must be at least 1, got {count}")
+    workdir = options.workdir
     config, model, params, _ = load_finished_run(workdir)
-    if with_labels and not model.conditional:
+    if options.labels and not model.conditional:
         raise VaejaxError(f"--labels needs a class-conditional model (conv_cvae); {workdir} holds {config.model}")
-    if model.conditional and not with_labels:
+    if model.conditional and not options.labels:
         raise VaejaxError(f"{config.model} generates a chosen class: pass --labels")
-    labels = balanced_labels(count) if with_labels else None
-    sample_key, _ = jax.random.split(jax.random.key(seed))
-    pixels = prior_samples(model, params, sample_key, count, labels)
+    labels = balanced_labels(options.count) if options.labels else None
+    sample_key, _ = jax.random.split(root_key(options.seed))
+    pixels = prior_samples(model, params, sample_key, options.count, labels)
     dataset = load_dataset(config.dataset, config.data_dir)
     pair_images = dataset.test_images[:2 * INTERPOLATION_PAIRS]
     strips = interpolations(model, params, pair_images, dataset.test_labels[:2 * INTERPOLATION_PAIRS])
-    return write_outputs(out, to_uint8(pixels), labels, pixels, strips, dataset.class_names)
+    return write_outputs(options.output_folder, to_uint8(pixels), labels, pixels, strips, dataset.class_names)
+
+
+def run(options: GenerateOptions) -> int:
+    for path in generate(options):
+        print(f"wrote {path}")
+    return 0
+
+
+COMMAND_NAME = "python -m vaejax.generate"
+COMMAND = Command(COMMAND_NAME, build_parser, options_from_flags, run)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    workdir = Path(args.workdir)
-    out = Path(args.out) if args.out else workdir / "generated"
-    try:
-        written = generate(workdir, args.count, out, args.labels, args.seed)
-    except VaejaxError as error:
-        print(f"vaejax.generate: error: {error}", file=sys.stderr)
-        return error.exit_code
-    for path in written:
-        print(f"wrote {path}")
-    return 0
+    return COMMAND.main(argv)
 
 
 if __name__ == "__main__":

@@ -186,6 +186,21 @@ def init_params(model: AutoEncoder, key: jax.Array) -> dict:
     return model.init(params_key, images, sample_key, jnp.zeros((1,), jnp.int32))["params"]
 
 
+def activation_bytes_per_image(model: AutoEncoder) -> int:
+    """Bytes of every layer's output for one image in a forward pass, from shapes alone (nothing is
+    computed): what a batch's memory grows by per image."""
+
+    def forward(images):
+        params = init_params(model, jax.random.key(0))
+        labels = jnp.zeros((1,), jnp.int32)
+        _, state = model.apply({"params": params}, images, jax.random.key(0), labels,
+                               capture_intermediates=True, mutable=["intermediates"])
+        return state
+
+    outputs = jax.eval_shape(forward, jax.ShapeDtypeStruct((1, IMAGE_SIDE, IMAGE_SIDE, 1), jnp.float32))
+    return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(outputs))
+
+
 def count_params(params) -> int:
     return sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
 

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from vaejax.errors import VaejaxError
+from vaejax import validation
+from vaejax.command import Command, OneLineParser
 
 
 def redraw(workdir: Path) -> Path:
@@ -23,17 +24,27 @@ def redraw(workdir: Path) -> Path:
     return figures.folder
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vaejax.plot", description=__doc__.split(":", 1)[1].strip())
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog=COMMAND_NAME, description=__doc__.split(":", 1)[1].strip())
     parser.add_argument("--workdir", required=True, help="the work directory of a finished run")
-    args = parser.parse_args(argv)
-    try:
-        folder = redraw(Path(args.workdir))
-    except VaejaxError as error:
-        print(f"vaejax.plot: error: {error}", file=sys.stderr)
-        return error.exit_code
-    print(f"redrew the figures in {folder}")
+    return parser
+
+
+def options_from_flags(flags: argparse.Namespace) -> Path:
+    return validation.existing_folder("--workdir", flags.workdir)
+
+
+def run(workdir: Path) -> int:
+    print(f"redrew the figures in {redraw(workdir)}")
     return 0
+
+
+COMMAND_NAME = "python -m vaejax.plot"
+COMMAND = Command(COMMAND_NAME, build_parser, options_from_flags, run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return COMMAND.main(argv)
 
 
 if __name__ == "__main__":

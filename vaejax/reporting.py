@@ -29,9 +29,9 @@ class EpochProgress(Observer):
 
     REFRESH_SECONDS = 0.5  # the running loss costs a device sync: fetch it at most this often
 
-    def __init__(self, epochs: int, stream=sys.stderr):
-        self.epochs, self.stream = epochs, stream
-        self.enabled = stream.isatty()
+    def __init__(self, epochs: int, stream=None):
+        self.epochs, self.stream = epochs, stream or sys.stderr  # the stream of the moment, not of import
+        self.enabled = self.stream.isatty()
         self.bar = None
         self.refreshed = 0.0
 

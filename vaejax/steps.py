@@ -47,9 +47,18 @@ class SeedKeys:
     sample: jax.Array
 
 
+def root_key(seed: int) -> jax.Array:
+    """The key of a seed from 0 to 2^64 - 1. JAX (without x64) keeps a seed's low 32 bits only, so
+    2^32 would alias 0: a seed's high 32 bits are folded into the key of its low ones. Seeds below
+    2^32 give `jax.random.key(seed)` itself."""
+    low, high = seed & 0xFFFFFFFF, seed >> 32
+    key = jax.random.key(low)
+    return jax.random.fold_in(key, high) if high else key
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _split_seed(seed: int) -> tuple[jax.Array, ...]:
-    return tuple(jax.random.split(jax.random.key(seed), 4))  # four outputs: no eager unstack after
+    return tuple(jax.random.split(root_key(seed), 4))  # four outputs: no eager unstack after
 
 
 def seed_keys(seed: int) -> SeedKeys:
