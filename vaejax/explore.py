@@ -48,7 +48,9 @@ from vaejax.steps import full_precision
 PROG = "python -m vaejax.explore"
 GRID_POINTS = 14 * 14  # the figures' grids
 SAMPLE_COUNT = 16
-DECODE_BATCHES = (1, SAMPLE_COUNT, GRID_POINTS)  # the pointer's point; a strip or the samples; a grid
+# The pointer's point; anything else (a grid, a strip, the samples: a click, not a pointer move) is padded
+# to a grid, so the page needs two decoder programs, not one per size.
+DECODE_BATCHES = (1, GRID_POINTS)
 MAX_BODY_BYTES = 1 << 20
 ASSETS = {
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -98,7 +100,7 @@ def numbers(value, length: int, name: str, low: float = -np.inf, high: float = n
             or not all(isinstance(item, int | float) and not isinstance(item, bool) for item in value)):
         raise BadRequest(f"{name} must be a list of {length} numbers")
     array = np.asarray(value, np.float64)
-    if not np.isfinite(array.astype(np.float32)).all():
+    if not (np.abs(array) <= np.finfo(np.float32).max).all():  # NaN fails too
         raise BadRequest(f"{name} must be finite (float32) numbers")
     if not ((array >= low).all() and (array <= high).all()):
         raise BadRequest(f"{name} must lie from {low:g} to {high:g}")
