@@ -11,10 +11,12 @@ const TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
 
 const $ = id => document.getElementById(id);
 
-// What tests and benchmarks/explore_latency.py read: pointer-to-paint latencies in ms, the z last asked
-// for and the z whose image is painted, the drawn digit's code, and the plane's view (see planeAt).
+// What tests and benchmarks/explore_latency.py read: pointer-to-paint latencies in ms (from a pointer
+// move's timestamp to the frame after its image, or a later one's, is painted) and the count of pointer
+// moves, the z last asked for and the z whose image is painted, the drawn digit's code, and the plane's
+// view (see planeAt).
 const explorer = window.explorer = {
-  ready: false, latencies: [], z: null, shownZ: null, shownLabel: null, code: null, view: null,
+  ready: false, latencies: [], moves: 0, z: null, shownZ: null, shownLabel: null, code: null, view: null,
 };
 
 const state = {
@@ -124,7 +126,6 @@ function zAt(x, y) {
 // --- the pointer's image -------------------------------------------------------------------------
 
 const pendingMoves = []; // [number, timeStamp] of pointer moves whose image is not painted yet
-let moveCount = 0;
 
 const requestDecode = latestOnly(async ({z, label, move}) => {
   const answer = await api("/api/decode", state.info.conditional ? {z, label} : {z});
@@ -140,7 +141,7 @@ const requestDecode = latestOnly(async ({z, label, move}) => {
 function setZ(z) {
   state.z = z;
   explorer.z = z;
-  requestDecode({z, label: state.label, move: moveCount});
+  requestDecode({z, label: state.label, move: explorer.moves});
   showCoordinates(z);
   drawMarks();
 }
@@ -164,7 +165,7 @@ function pointerPosition(event) {
 function onPlanePointer(event) {
   const [px, py] = pointerPosition(event);
   if (px < 0 || py < 0 || px > PLANE_SIZE || py > PLANE_SIZE) return;
-  pendingMoves.push([++moveCount, event.timeStamp]);
+  pendingMoves.push([++explorer.moves, event.timeStamp]);
   setZ(zAt(...planeAt(px, py)));
 }
 
@@ -516,7 +517,9 @@ function setUpControls(info) {
   if (info.latent_dim > 2) setUpSliders(info);
   const marks = $("marks-layer");
   let down = null;
-  marks.addEventListener("pointermove", onPlanePointer);
+  // pointerrawupdate (Chrome, on localhost too) comes as the pointer moves; pointermove waits for the next
+  // frame, which would add up to a frame to every image.
+  marks.addEventListener("onpointerrawupdate" in window ? "pointerrawupdate" : "pointermove", onPlanePointer);
   marks.addEventListener("pointerdown", event => {
     marks.setPointerCapture(event.pointerId);
     down = pointerPosition(event);
