@@ -107,7 +107,8 @@ class Launch:
         validation.require(self.distributed or not given, f"{', '.join(given)} needs --distributed")
         if self.coordinator_address is not None:
             host, _, port = self.coordinator_address.rpartition(":")
-            validation.require(host.strip() != "" and port.isdigit() and 1 <= int(port) <= validation.PORT_MAX,
+            port_ok = port.isascii() and port.isdigit() and 1 <= int(port) <= validation.PORT_MAX
+            validation.require(host.strip() != "" and port_ok,
                                f"--coordinator_address must be host:port (port 1 to {validation.PORT_MAX}), "
                                f"got {self.coordinator_address!r}")
         if self.num_processes is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from pathlib import Path
 
 from vaejax.errors import VaejaxError
@@ -40,12 +41,25 @@ def non_empty(flag: str, text: str) -> None:
     require(text.strip() != "", f"{flag} must not be empty")
 
 
+def _file_kind(flag: str, path: Path) -> str:
+    """"missing", "folder" or "file"; a path the system cannot even look up (too long, a loop of
+    links, no permission on a parent) is an error of its own."""
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing"
+    except OSError as error:
+        raise VaejaxError(f"{flag} {path}: {error.strerror or error}") from None
+    return "folder" if stat.S_ISDIR(mode) else "file"
+
+
 def existing_folder(flag: str, path: str | Path) -> Path:
     """A folder that exists and can be read: otherwise say which of the three it is not."""
+    non_empty(flag, str(path))
     path = Path(path)
-    require(str(path).strip() != "", f"{flag} must not be empty")
-    require(path.exists(), f"{flag} {path} does not exist")
-    require(path.is_dir(), f"{flag} {path} is a file, not a folder")
+    kind = _file_kind(flag, path)
+    require(kind != "missing", f"{flag} {path} does not exist")
+    require(kind == "folder", f"{flag} {path} is a file, not a folder")
     require(os.access(path, os.R_OK | os.X_OK), f"{flag} {path} is not readable")
     return path
 
@@ -53,10 +67,11 @@ def existing_folder(flag: str, path: str | Path) -> Path:
 def output_folder(flag: str, path: str | Path) -> Path:
     """A folder to write into: it may not exist yet, but must not be a file, and must be writable
     if it does exist (creating a missing one is checked when it is created)."""
+    non_empty(flag, str(path))
     path = Path(path)
-    require(str(path).strip() != "", f"{flag} must not be empty")
-    require(not path.exists() or path.is_dir(), f"{flag} {path} is a file, not a folder")
-    require(not path.exists() or os.access(path, os.W_OK | os.X_OK), f"{flag} {path} is not writable")
+    kind = _file_kind(flag, path)
+    require(kind != "file", f"{flag} {path} is a file, not a folder")
+    require(kind == "missing" or os.access(path, os.W_OK | os.X_OK), f"{flag} {path} is not writable")
     return path
 
 
