@@ -1,0 +1,114 @@
+"""Latent samplers compared: the prior N(0, I) against Gaussian mixtures fitted to training codes.
+
+    python benchmarks/sampler_table.py RUN [RUN ...] [--samplers prior,gmm:10,gmm:50] [--count 10000]
+        [--fit_codes 20000] [--seed 0] [--classifier_dir runs/classifiers] [--out FILE]
+
+For each finished run and sampler, `count` images are decoded from the sampler's draws (a
+conditional model asked for every class equally often) and judged by the cached digit classifier as
+`python -m vaejax.evaluate` judges prior samples: Frechet distance to the test set's features, mean
+confidence, entropy of the predicted classes (and, for conv_cvae, how often the image shows the
+class asked for). The prior's draws use evaluate's key, so its row repeats evaluate's numbers for
+the same seed. Beside them: the mean log-likelihood of the test set's latent means under the
+sampler (nats per code: how well the sampler covers where the data is), and the real training
+images as the floor. The prior is skipped for a plain autoencoder, which has none. Mixture fits are
+cached in each run's `samplers/` folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import jax
+
+from vaejax.checkpoint import load_finished_run, write_json
+from vaejax.classifier import cached_classifier
+from vaejax.data import load_dataset
+from vaejax.errors import VaejaxError
+from vaejax.evaluate import judge
+from vaejax.generate import balanced_labels
+from vaejax.metrics import gaussian_statistics
+from vaejax.samplers import DEFAULT_FIT_CODES, decode_latents, fitted_sampler, latent_means, parse_sampler
+from vaejax.steps import METRIC_PRECISION
+
+ROOT = Path(__file__).resolve().parents[1]
+# The table's measured columns: (key in the results, heading, decimals)
+COLUMNS = (("frechet_distance", "FD", 1), ("mean_confidence", "confidence", 3), ("class_entropy", "class entropy", 3),
+           ("label_agreement", "label agreement", 3), ("test_code_log_likelihood", "test log-lik (nats/code)", 3))
+FLOOR = "real training images"
+
+
+def compare_samplers(workdir: Path, specs: list, count: int, fit_codes: int, seed: int, classifier_dir: Path) -> dict:
+    """Each sampler's sample quality and held-out code log-likelihood for the run in `workdir`."""
+    config, model, params, history = load_finished_run(workdir)
+    dataset = load_dataset(config.dataset, config.data_dir)
+    classifier = cached_classifier(dataset, classifier_dir, log=print)  # outside the precision block, as evaluate
+    binarize = config.binarize == "dynamic"
+    _, sample_key = jax.random.split(jax.random.key(seed))  # evaluate's sample key
+    labels = balanced_labels(count) if model.conditional else None
+    with jax.default_matmul_precision(METRIC_PRECISION):
+        _, test_features = classifier.predict(dataset.test_images / 255.0)
+        reference = gaussian_statistics(test_features)
+        test_codes = latent_means(model, params, dataset.test_images, dataset.test_labels, binarize)
+        floor, _ = judge(classifier, dataset.train_images[:count] / 255.0, reference)
+        samplers = {}
+        for spec in specs:
+            if spec.kind == "prior" and not model.variational:
+                continue
+            sampler = fitted_sampler(workdir, model, params, dataset, spec, seed, fit_codes, binarize, log=print)
+            pixels = decode_latents(model, params, sampler.sample(sample_key, count), labels)
+            quality, probabilities = judge(classifier, pixels, reference)
+            if labels is not None:
+                quality["label_agreement"] = float((probabilities.argmax(axis=1) == labels).mean())
+            samplers[str(spec)] = {"description": sampler.describe(), **quality,
+                                   "test_code_log_likelihood": sampler.mean_log_likelihood(test_codes)}
+    return {"model": config.model, "dataset": config.dataset, "latent_dim": config.latent_dim,
+            "epochs": history[-1]["epoch"], "classifier_test_accuracy": classifier.test_accuracy,
+            "samplers": samplers, "real_train_images": floor}
+
+
+def markdown_table(runs: dict[str, dict]) -> str:
+    """One row per run and sampler, then the run's floor; the FD change against the run's prior where it has one."""
+    headings = ["run", "sampler", *(heading for _, heading, _ in COLUMNS), "FD vs prior"]
+    lines = ["| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
+    for name, run in runs.items():
+        prior = run["samplers"].get("prior")
+        for sampler, values in [*run["samplers"].items(), (FLOOR, run["real_train_images"])]:
+            change = (f"{100 * (values['frechet_distance'] / prior['frechet_distance'] - 1):+.1f} %"
+                      if prior and sampler != FLOOR else "")
+            # + 0.0 prints an entropy of -0.0 (every image one class) as 0.000
+            measured = [f"{values[key] + 0.0:.{digits}f}" if key in values else "" for key, _, digits in COLUMNS]
+            lines.append("| " + " | ".join([name, sampler, *measured, change]) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="work directories of finished runs")
+    parser.add_argument("--samplers", default="prior,gmm:10,gmm:50", help="comma-separated sampler specs")
+    parser.add_argument("--count", type=int, default=10000, help="images generated per sampler")
+    parser.add_argument("--fit_codes", type=int, default=DEFAULT_FIT_CODES,
+                        help="training codes a mixture is fitted to")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fits and the draws")
+    parser.add_argument("--classifier_dir", default=str(ROOT / "runs" / "classifiers"))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sampler_table.json"))
+    args = parser.parse_args()
+    if args.count < 2:
+        parser.error("--count must be at least 2 (a Frechet distance needs a covariance)")
+    try:
+        specs = [parse_sampler(text) for text in args.samplers.split(",")]
+        runs = {Path(run).name: compare_samplers(Path(run), specs, args.count, args.fit_codes, args.seed,
+                                                 Path(args.classifier_dir)) for run in args.runs}
+    except VaejaxError as error:
+        print(f"sampler_table.py: error: {error}", file=sys.stderr)
+        return error.exit_code
+    print(markdown_table(runs))
+    setting = {"count": args.count, "fit_codes": args.fit_codes, "seed": args.seed, "backend": jax.default_backend()}
+    write_json(Path(args.out), {"setting": setting, "runs": runs})
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
