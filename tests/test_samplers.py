@@ -112,7 +112,7 @@ def test_the_same_seed_gives_the_same_bytes_and_the_file_reads_back_exactly(code
         fit.log_likelihood, fit.iterations, fit.converged)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "pickle", "bad_shape", "not_positive_definite"])
+@pytest.mark.parametrize("damage", ["truncated", "pickle", "bad_shape", "not_positive_definite", "bad_weights"])
 def test_a_damaged_or_pickled_fit_file_is_one_clear_error(fit, tmp_path, damage):
     import json
     import pickle
@@ -125,7 +125,10 @@ def test_a_damaged_or_pickled_fit_file_is_one_clear_error(fit, tmp_path, damage)
     elif damage == "pickle":
         path.write_bytes(pickle.dumps(vars(fit.mixture)))
     else:
-        saved["covariances"] = saved["covariances"][:2] if damage == "bad_shape" else [[[1, 2], [2, 1]]] * 3
+        if damage == "bad_weights":
+            saved["weights"] = [0.5, 0.5, 0.5]
+        else:
+            saved["covariances"] = saved["covariances"][:2] if damage == "bad_shape" else [[[1, 2], [2, 1]]] * 3
         path.write_text(json.dumps(saved))
     with pytest.raises(VaejaxError, match=str(path)) as error:
         load_fit(path)

@@ -251,7 +251,10 @@ def fit_setting(params_hash: str, components: int, codes: int, seed: int) -> dic
 
 def save_fit(path: Path, setting: dict, fit: MixtureFit) -> None:
     """JSON: floats written by repr, so the float64 arrays read back bit for bit, and no pickle anywhere."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise VaejaxError(f"cannot create {path.parent}: {error.strerror or error}") from None
     mixture = fit.mixture
     write_json(path, {
         "setting": setting,
@@ -271,6 +274,8 @@ def load_fit(path: Path) -> tuple[dict, MixtureFit]:
         if (mixture.weights.shape != (components,) or mixture.covariances.shape != (components, dims, dims)
                 or not all(np.isfinite(array).all() for array in vars(mixture).values())):
             raise ValueError("arrays of inconsistent shapes or not finite")
+        if np.any(mixture.weights < 0) or not np.isclose(mixture.weights.sum(), 1.0):
+            raise ValueError("weights are not a distribution")
         np.linalg.cholesky(mixture.covariances)
         fit = MixtureFit(mixture, float(saved["fit"]["log_likelihood"]), int(saved["fit"]["iterations"]),
                          bool(saved["fit"]["converged"]))
