@@ -190,20 +190,26 @@ function drawPoints() {
 
 function drawAxes(context) {
   const [x0, x1, y0, y1] = state.plane.extent;
-  context.fillStyle = "#555";
-  context.strokeStyle = "#999";
+  context.fillStyle = "#333";
+  context.strokeStyle = "#fff"; // a halo keeps the labels readable over the grid
+  context.lineWidth = 3;
   context.font = "11px system-ui, sans-serif";
-  const step = span => Math.pow(10, Math.floor(Math.log10(span / 2)));
-  for (let x = Math.ceil(x0 / step(x1 - x0)) * step(x1 - x0); x <= x1; x += step(x1 - x0)) {
+  const label = (text, px, py) => {
+    context.strokeText(text, px, py);
+    context.fillText(text, px, py);
+  };
+  const tickStep = span => Math.pow(10, Math.floor(Math.log10(span / 2)));
+  const [xStep, yStep] = [tickStep(x1 - x0), tickStep(y1 - y0)];
+  for (let x = Math.ceil(x0 / xStep) * xStep; x <= x1; x += xStep) {
     const [px] = pixelOf([x, y0]);
     context.fillRect(px, PLANE_SIZE - 5, 1, 5);
-    context.fillText(+x.toFixed(3), px + 2, PLANE_SIZE - 7);
+    label(+x.toFixed(3), px + 2, PLANE_SIZE - 7);
   }
   if (state.info.latent_dim === 1) return; // the plane's y axis is no part of z
-  for (let y = Math.ceil(y0 / step(y1 - y0)) * step(y1 - y0); y <= y1; y += step(y1 - y0)) {
+  for (let y = Math.ceil(y0 / yStep) * yStep; y <= y1; y += yStep) {
     const [, py] = pixelOf([x0, y]);
     context.fillRect(0, py, 5, 1);
-    context.fillText(+y.toFixed(3), 7, py - 2);
+    label(+y.toFixed(3), 7, py - 2);
   }
 }
 
