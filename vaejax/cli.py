@@ -65,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="compute each batch's gradient as the sum over N parts of it, differentiated side by side "
              "(XLA:CPU then runs the convolutions on several cores; same function, other bits); auto "
              "(default): the fastest measured for this model on this backend, 1 with several devices")
+    add("--objective", default=Config.objective,
+        help="the training loss, for VAEs: elbo (default): BCE over --train_samples draws plus the analytic KL; "
+             "iwae: Burda et al.'s importance-weighted bound with --train_samples draws; dreg: the same bound with "
+             "Tucker et al.'s doubly reparameterised encoder gradient")
+    add("--train_samples", type=int, default=Config.train_samples,
+        help="latent draws per image each step (default: %(default)s; the IWAE paper: 5 or 50)")
+    add("--schedule", default=Config.schedule,
+        help="constant (default): Adam at --learning_rate; iwae: Burda et al.'s 3^i epochs at "
+             "--learning_rate * 10^(-i/7), i = 0..7 (3,280 epochs in all), Adam epsilon 1e-4")
     add("--tensorboard", action=argparse.BooleanOptionalAction, default=Config.tensorboard,
         help="TensorBoard event files (per-step and per-epoch scalars, images) in <workdir>/tensorboard "
              "(default: on)")

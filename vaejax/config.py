@@ -14,26 +14,35 @@ from vaejax.data import IMAGE_PIXELS, IMAGE_SIDE
 from vaejax.validation import INT32_MAX
 from vaejax.validation import require as _require
 
-MODELS = ("conv_vae", "conv_cvae", "dense_ae")
+MODELS = ("conv_vae", "conv_cvae", "dense_ae", "mlp_vae")
+SCHEDULES = ("constant", "iwae")
+OBJECTIVES = ("elbo", "iwae", "dreg")  # vaejax.losses.Objective
 BINARIZATIONS = ("none", "dynamic")
 LOOPS = ("auto", "step", "scan", "unrolled")
 DATASET_NAME = re.compile(r"[a-z][a-z0-9_]*(/[a-z0-9_.]+)?(:[0-9.*]+)?")  # TFDS's name[/config][:version]
 MAX_TRAIN_IMAGES = 2**24  # far above any MNIST-like set (EMNIST: 697,932), below where float32 counts lose 1s
-MAX_TEST_IMAGES_SHOWN = 100  # the reconstruction figure; drawing grows with it
+MAX_TEST_IMAGES_SHOWN = 100
+MAX_TRAIN_SAMPLES = 5000  # the largest k of the papers; memory bounds it further (vaejax.training)
+VARIATIONAL_MODELS = ("conv_vae", "conv_cvae", "mlp_vae")  # the reconstruction figure; drawing grows with it
 
 # The seeds' settings: seed 000 (TF1 conv VAE) and seed 003 (Keras dense AE, Keras' default batch).
 MODEL_DEFAULTS = {
     "conv_vae": {"epochs": 20, "batch_size": 128, "learning_rate": 5e-4},
     "conv_cvae": {"epochs": 20, "batch_size": 128, "learning_rate": 5e-4},
     "dense_ae": {"epochs": 10, "batch_size": 32, "learning_rate": 1e-3},
+    # Burda et al. 2016: batch 20, Adam at 1e-3 (decayed by --schedule iwae over 3,280 epochs).
+    "mlp_vae": {"epochs": 3280, "batch_size": 20, "learning_rate": 1e-3},
 }
 
 # Options that change the trained bits; a resumed run must agree on all of them. `epochs` is left
 # out on purpose: resuming with a larger --epochs continues the same run.
 RESULT_FIELDS = (
     "model", "dataset", "data_dir", "latent_dim", "inputs_decoder", "batch_size",
-    "learning_rate", "seed", "limit", "loop", "binarize", "micro_batches",
+    "learning_rate", "seed", "limit", "loop", "binarize", "micro_batches", "objective", "train_samples", "schedule",
 )
+# Options added after runs were made: they enter a run's identity only when set, so those runs
+# (whose config.json lacks them) still resume and keep their hash.
+LATER_FIELDS = {"objective": "elbo", "train_samples": 1, "schedule": "constant"}
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,9 @@ class Config:
     tensorboard: bool = True
     binarize: str = "none"
     micro_batches: int | None = None  # None: auto (measured per backend and model)
+    objective: str = "elbo"  # vaejax.losses.Objective
+    train_samples: int = 1
+    schedule: str = "constant"
 
     def resolved(self) -> Config:
         """Fill model defaults and the default work directory, then validate."""
@@ -108,6 +120,14 @@ class Config:
             self.binarize in BINARIZATIONS,
             f"--binarize must be one of {', '.join(BINARIZATIONS)}, got {self.binarize!r}",
         )
+        _require(self.objective in OBJECTIVES,
+                 f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        validation.whole_number("--train_samples", self.train_samples, 1, MAX_TRAIN_SAMPLES,
+                                "draws decoded per image each step")
+        _require(self.model in VARIATIONAL_MODELS or (self.objective == "elbo" and self.train_samples == 1),
+                 f"--objective {self.objective} --train_samples {self.train_samples} needs a VAE "
+                 f"({', '.join(VARIATIONAL_MODELS)}); {self.model} has no posterior to sample")
+        _require(self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
 
     def check_dataset(self, train_images: int) -> None:
         """The bounds that follow from the data: a batch and a limit no larger than the training set."""
@@ -118,7 +138,8 @@ class Config:
 
     def result_dict(self) -> dict:
         """The options that determine the trained parameters."""
-        return {name: getattr(self, name) for name in RESULT_FIELDS}
+        return {name: getattr(self, name) for name in RESULT_FIELDS
+                if LATER_FIELDS.get(name, object()) != getattr(self, name)}
 
     def result_hash(self) -> str:
         """A short stable hash of `result_dict`, stored in checkpoints and metrics."""

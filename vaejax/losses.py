@@ -1,9 +1,11 @@
-"""The objective as small pure functions: BCE from logits, Gaussian KL, their batch mean, and the
-importance-weighted bound on the log-likelihood used for evaluation."""
+"""The objective as small pure functions: BCE from logits, Gaussian KL, their batch mean, the
+importance-weighted bound on the log-likelihood (evaluation), and the training objectives that
+draw several samples per image (K-draw ELBO, IWAE, DReG)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -88,3 +90,63 @@ def iwae_bound(log_weights: jax.Array) -> jax.Array:
     its expectation rises towards log p(x) as k grows.
     """
     return jax.nn.logsumexp(log_weights, axis=-1) - jnp.log(log_weights.shape[-1])
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The training loss. `elbo`: BCE averaged over `samples` draws per image plus the analytic KL
+    (one draw: the seeds' loss). `iwae`: Burda et al.'s `samples`-draw bound. `dreg`: the same bound
+    with Tucker et al.'s doubly reparameterised gradient for the encoder (lower variance)."""
+
+    name: str = "elbo"
+    samples: int = 1
+
+    @property
+    def single_draw_elbo(self) -> bool:
+        return self.name == "elbo" and self.samples == 1
+
+
+def importance_terms(decode_logits: Callable[[jax.Array], jax.Array], targets: jax.Array, mean: jax.Array,
+                     std: jax.Array, weights: jax.Array, key: jax.Array, objective: Objective) -> dict[str, jax.Array]:
+    """The weighted batch means of `objective`'s loss over `objective.samples` draws per image, and of
+    the draws' BCE and the analytic KL (reported beside it).
+
+    `decode_logits` maps latents (K * B, d) to logits; `targets` (B, P) are the pixels, `mean` and
+    `std` (B, d) the encoder's q.
+    """
+    samples, batch = objective.samples, targets.shape[0]
+    z = reparameterize(key, jnp.broadcast_to(mean, (samples, *mean.shape)), std)  # (K, B, d)
+    tiled_targets = jnp.tile(targets, (samples, 1))
+
+    def log_weights(z, q_mean, q_std):
+        log_likelihood = -bce_from_logits(decode_logits(z.reshape(samples * batch, -1)), tiled_targets)
+        log_likelihood = log_likelihood.reshape(samples, batch)
+        prior = gaussian_log_density(z, jnp.zeros_like(z), jnp.ones_like(z))
+        return log_likelihood + prior - gaussian_log_density(z, q_mean, q_std), log_likelihood
+
+    count = jnp.maximum(weights.sum(), 1.0)
+
+    def batch_mean(per_image):
+        return jnp.sum(per_image * weights) / count
+
+    kl = batch_mean(gaussian_kl(mean, std))
+    if objective.name == "elbo":
+        _, log_likelihood = log_weights(z, mean, std)
+        bce = batch_mean(-log_likelihood.mean(axis=0))
+        return {"loss": bce + kl, "bce": bce, "kl": kl}
+    if objective.name == "iwae":
+        log_w, log_likelihood = log_weights(z, mean, std)
+        loss = batch_mean(-iwae_bound(log_w.T))
+        return {"loss": loss, "bce": batch_mean(-log_likelihood.mean(axis=0)), "kl": kl}
+    # DReG: q's parameters enter log w only through z; the decoder gets the IWAE gradient (weights
+    # w~), the encoder the squared weights w~^2 along z. Scaling z's gradient by w~ (z's value is
+    # unchanged) and weighting log w by w~ gives both from one surrogate.
+    frozen_mean, frozen_std = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(std)
+    log_w, log_likelihood = log_weights(jax.lax.stop_gradient(z), frozen_mean, frozen_std)
+    normalized = jax.lax.stop_gradient(jax.nn.softmax(log_w, axis=0))  # w~, (K, B)
+    value = batch_mean(-iwae_bound(log_w.T))
+    frozen_z = jax.lax.stop_gradient(z)
+    scaled_z = frozen_z + normalized[..., None] * (z - frozen_z)
+    surrogate = batch_mean(-jnp.sum(normalized * log_weights(scaled_z, frozen_mean, frozen_std)[0], axis=0))
+    loss = jax.lax.stop_gradient(value) + (surrogate - jax.lax.stop_gradient(surrogate))  # value: the bound's
+    return {"loss": loss, "bce": batch_mean(-log_likelihood.mean(axis=0)), "kl": kl}

@@ -126,6 +126,36 @@ class DenseDecoder(nn.Module):
         return dense(IMAGE_PIXELS)(hidden)
 
 
+class MLPEncoder(nn.Module):
+    """Burda et al.'s IWAE encoder: 784 -> 200 -> 200 (tanh) -> a dense mean and a softplus std."""
+
+    latent_dim: int
+    hidden: int = 200
+    variational: ClassVar[bool] = True
+
+    @nn.compact
+    def __call__(self, images: jax.Array, condition: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        x = join_condition(images.reshape((images.shape[0], -1)), condition)
+        for _ in range(2):
+            x = nn.tanh(dense(self.hidden)(x))
+        mean = dense(self.latent_dim, name="mean")(x)
+        std = nn.softplus(dense(self.latent_dim, name="std")(x))
+        return mean, std
+
+
+class MLPDecoder(nn.Module):
+    """Burda et al.'s IWAE decoder: latent -> 200 -> 200 (tanh) -> 784 logits."""
+
+    hidden: int = 200
+
+    @nn.compact
+    def __call__(self, z: jax.Array, condition: jax.Array | None = None) -> jax.Array:
+        x = join_condition(z, condition)
+        for _ in range(2):
+            x = nn.tanh(dense(self.hidden)(x))
+        return dense(IMAGE_PIXELS)(x)
+
+
 class AutoEncoder(nn.Module):
     """An encoder and a decoder; variational when the encoder returns a std.
 
@@ -169,13 +199,16 @@ class AutoEncoder(nn.Module):
 
 
 def build_model(name: str, latent_dim: int, inputs_decoder: int = 49) -> AutoEncoder:
-    """`conv_vae` (seed 000), `conv_cvae` (seed 000 conditioned on the class) or `dense_ae` (seed 003)."""
+    """`conv_vae` (seed 000), `conv_cvae` (seed 000 conditioned on the class), `dense_ae` (seed 003)
+    or `mlp_vae` (the IWAE paper's one-stochastic-layer model)."""
     if name == "conv_vae":
         return AutoEncoder(ConvEncoder(latent_dim), ConvDecoder(inputs_decoder))
     if name == "conv_cvae":
         return AutoEncoder(ConvEncoder(latent_dim), ConvDecoder(inputs_decoder), num_classes=NUM_CLASSES)
     if name == "dense_ae":
         return AutoEncoder(DenseEncoder(latent_dim), DenseDecoder())
+    if name == "mlp_vae":
+        return AutoEncoder(MLPEncoder(latent_dim), MLPDecoder())
     raise ValueError(f"unknown model {name!r}")
 
 

@@ -19,12 +19,13 @@ from flax import struct
 from jax.sharding import NamedSharding
 
 from vaejax.data import IMAGE_PIXELS
-from vaejax.losses import loss_terms
-from vaejax.models import AutoEncoder, binarize_pixels, images_to_float, init_params
+from vaejax.losses import Objective, importance_terms, loss_terms
+from vaejax.models import AutoEncoder, binarize_pixels, decode, encode, images_to_float, init_params
 
 EVAL_BATCH_SIZE = 1000
 METRIC_NAMES = ("loss", "bce", "kl")
 SCAN_UNROLL = 8  # steps per loop iteration of `--loop unrolled`
+ELBO = Objective()  # the seeds' loss: one draw, analytic KL
 
 
 @struct.dataclass
@@ -108,16 +109,25 @@ def gather_batch(images, labels, order: jax.Array, step: jax.Array, batch_size: 
     return batch if batch_sharding is None else jax.lax.with_sharding_constraint(batch, batch_sharding)
 
 
-def batch_terms(model: AutoEncoder, params, images_uint8, labels, weights, key, binarize: bool = False
-                ) -> tuple[dict, jax.Array]:
-    """The weighted batch loss's terms and the batch's latent means; with `binarize`, pixels are
-    first drawn as Bernoulli(intensity)."""
+def batch_terms(model: AutoEncoder, params, images_uint8, labels, weights, key, binarize: bool = False,
+                objective: Objective = ELBO) -> tuple[dict, jax.Array]:
+    """The weighted batch loss's terms (of `objective`) and the batch's latent means; with `binarize`,
+    pixels are first drawn as Bernoulli(intensity)."""
     images = images_to_float(images_uint8)
     if binarize:
         binarize_key, key = jax.random.split(key)
         images = binarize_pixels(binarize_key, images)
-    logits, mean, std = model.apply({"params": params}, images, key, labels)
-    return loss_terms(logits, images.reshape(-1, IMAGE_PIXELS), mean, std, weights), mean
+    targets = images.reshape(-1, IMAGE_PIXELS)
+    if objective.single_draw_elbo:
+        logits, mean, std = model.apply({"params": params}, images, key, labels)
+        return loss_terms(logits, targets, mean, std, weights), mean
+    mean, std = encode(model, params, images, labels)
+    repeated_labels = None if labels is None else jnp.tile(labels, objective.samples)  # draw-major, as z
+
+    def decode_logits(z):
+        return decode(model, params, z, repeated_labels)
+
+    return importance_terms(decode_logits, targets, mean, std, weights, key, objective), mean
 
 
 def batch_loss(model: AutoEncoder, params, images_uint8, labels, weights, key, binarize: bool = False
@@ -125,6 +135,30 @@ def batch_loss(model: AutoEncoder, params, images_uint8, labels, weights, key, b
     """The weighted batch loss and its terms (`batch_terms`)."""
     terms, _ = batch_terms(model, params, images_uint8, labels, weights, key, binarize)
     return terms["loss"], terms
+
+
+# Burda et al. 2016 (IWAE): 3^i epochs at learning rate 1e-3 * 10^(-i/7) for i = 0..7, Adam eps 1e-4.
+IWAE_SCHEDULE_BLOCKS = 8
+IWAE_ADAM_EPS = 1e-4
+
+
+def iwae_learning_rate(base: float, steps_per_epoch: int):
+    """The IWAE paper's schedule as a function of Adam's update count: block i starts at epoch
+    (3^i - 1) / 2 and runs at base * 10^(-i/7); after the last block the rate stays at its end."""
+    block_starts = jnp.array([(3**block - 1) // 2 for block in range(1, IWAE_SCHEDULE_BLOCKS)])
+
+    def learning_rate(count):
+        block = jnp.sum(count // steps_per_epoch >= block_starts)
+        return base * 10.0 ** (-block / 7.0)
+
+    return learning_rate
+
+
+def make_optimizer(schedule: str, learning_rate: float, steps_per_epoch: int) -> optax.GradientTransformation:
+    """Adam at a constant rate (the seeds), or with the IWAE paper's schedule and epsilon."""
+    if schedule == "iwae":
+        return optax.adam(iwae_learning_rate(learning_rate, steps_per_epoch), eps=IWAE_ADAM_EPS)
+    return optax.adam(learning_rate)
 
 
 NO_STEP = np.iinfo(np.int32).max
@@ -154,7 +188,7 @@ def accumulate(sums: dict, terms: dict, weights: jax.Array, step: jax.Array) -> 
 
 
 def micro_batch_terms(model: AutoEncoder, params, images_uint8, labels, weights, key, binarize: bool = False,
-                      micro_batches: int = 1) -> tuple[dict, jax.Array]:
+                      micro_batches: int = 1, objective: Objective = ELBO) -> tuple[dict, jax.Array]:
     """`batch_terms`, computed over `micro_batches` consecutive parts of the batch.
 
     Each part's terms are weighted by its share of the batch's real images and added: the same
@@ -164,14 +198,14 @@ def micro_batch_terms(model: AutoEncoder, params, images_uint8, labels, weights,
     loop_structure.py): that is what they are for.
     """
     if micro_batches == 1:
-        return batch_terms(model, params, images_uint8, labels, weights, key, binarize)
+        return batch_terms(model, params, images_uint8, labels, weights, key, binarize, objective)
     count = jnp.maximum(weights.sum(), 1.0)
     parts = zip(*(jnp.array_split(array, micro_batches) for array in (images_uint8, labels, weights)), strict=True)
     weighted_terms, means = [], []
     for index, (part_images, part_labels, part_weights) in enumerate(parts):
         share = part_weights.sum() / count  # a part's terms are means over its own real images
         terms, mean = batch_terms(model, params, part_images, part_labels, part_weights,
-                                  jax.random.fold_in(key, index), binarize)
+                                  jax.random.fold_in(key, index), binarize, objective)
         weighted_terms.append(jax.tree.map(lambda term, share=share: term * share, terms))
         means.append(mean)
     terms = jax.tree.map(lambda *parts: functools.reduce(jnp.add, parts), *weighted_terms)
@@ -179,23 +213,26 @@ def micro_batch_terms(model: AutoEncoder, params, images_uint8, labels, weights,
 
 
 def micro_batch_loss(model: AutoEncoder, params, images_uint8, labels, weights, key, binarize: bool = False,
-                     micro_batches: int = 1) -> tuple[jax.Array, dict]:
+                     micro_batches: int = 1, objective: Objective = ELBO) -> tuple[jax.Array, dict]:
     """The batch loss and its terms over `micro_batches` parts (`micro_batch_terms`)."""
-    terms, _ = micro_batch_terms(model, params, images_uint8, labels, weights, key, binarize, micro_batches)
+    terms, _ = micro_batch_terms(model, params, images_uint8, labels, weights, key, binarize, micro_batches,
+                                 objective)
     return terms["loss"], terms
 
 
 def batch_gradient(model: AutoEncoder, params, images_uint8, labels, weights, key, binarize: bool = False,
-                   micro_batches: int = 1) -> tuple[dict, dict]:
+                   micro_batches: int = 1, objective: Objective = ELBO) -> tuple[dict, dict]:
     """The gradient of `micro_batch_loss` with respect to `params`, and its terms."""
     return jax.grad(
-        lambda params: micro_batch_loss(model, params, images_uint8, labels, weights, key, binarize, micro_batches),
+        lambda params: micro_batch_loss(model, params, images_uint8, labels, weights, key, binarize, micro_batches,
+                                        objective),
         has_aux=True,
     )(params)
 
 
 def make_train_step(model: AutoEncoder, optimizer: optax.GradientTransformation, batch_size: int,
-                    batch_sharding: NamedSharding | None = None, binarize: bool = False, micro_batches: int = 1):
+                    batch_sharding: NamedSharding | None = None, binarize: bool = False, micro_batches: int = 1,
+                    objective: Objective = ELBO):
     """The pure (state, images, labels, order, step_key) -> state training step; it runs step `state.step`.
 
     The batch is gathered on device from the uint8 training set by the shuffled `order`, so nothing
@@ -209,7 +246,8 @@ def make_train_step(model: AutoEncoder, optimizer: optax.GradientTransformation,
         step = state.step
         images, labels, weights = gather_batch(train_images, train_labels, order, step, batch_size, batch_sharding)
         key = jax.random.fold_in(step_root, step)
-        grads, terms = batch_gradient(model, state.params, images, labels, weights, key, binarize, micro_batches)
+        grads, terms = batch_gradient(model, state.params, images, labels, weights, key, binarize, micro_batches,
+                                      objective)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         return state.replace(
             params=optax.apply_updates(state.params, updates), opt_state=opt_state,

@@ -26,8 +26,10 @@ from vaejax.data import Dataset, load_dataset
 from vaejax.devices import DevicePlan, device_memory_bytes, plan_devices
 from vaejax.errors import TrainingInterrupted, VaejaxError
 from vaejax.host_worker import HostWorker
+from vaejax.losses import Objective
 from vaejax.models import AutoEncoder, activation_bytes_per_image, binarized_test_images, build_model
 from vaejax.steps import (
+    ELBO,
     EVAL_BATCH_SIZE,
     SCAN_UNROLL,
     TrainState,
@@ -39,6 +41,7 @@ from vaejax.steps import (
     make_epoch_scan,
     make_eval_scan,
     make_eval_step,
+    make_optimizer,
     make_train_step,
     num_batches,
     seed_keys,
@@ -65,6 +68,7 @@ class Trainer:
     eval_key: jax.Array
     plan: DevicePlan
     binarize: bool = False
+    objective: Objective = ELBO
     steps: int = field(init=False)  # per epoch, the last batch padded
     eval_batches: int = field(init=False)
     train_data: tuple = field(init=False)  # (uint8 images, labels) on the device(s)
@@ -87,7 +91,7 @@ class Trainer:
         self.test_data = plan.place((test_images, self.dataset.test_labels))
         self.eval_key = plan.place(self.eval_key)
         step = make_train_step(self.model, self.optimizer, self.batch_size, plan.batch_sharding, self.binarize,
-                               plan.micro_batches)
+                               plan.micro_batches, self.objective)
         self.train_step = jax.jit(step, donate_argnums=plan.donated)
         unroll = SCAN_UNROLL if plan.loop == "unrolled" else 1
         self.train_scan = jax.jit(make_epoch_scan(step, self.steps, unroll), donate_argnums=plan.donated)
@@ -237,17 +241,20 @@ def train(config: Config, dataset: Dataset | None = None, log: Callable[[str], N
         plan = plan_devices(config.model, config.batch_size, config.loop, config.micro_batches)
         model = build_model(config.model, config.latent_dim, config.inputs_decoder)
         validation.memory_bound("--batch_size", config.batch_size // plan.device_count,
-                                TRAIN_BYTES_PER_ACTIVATION_BYTE * activation_bytes_per_image(model),
+                                TRAIN_BYTES_PER_ACTIVATION_BYTE * activation_bytes_per_image(model)
+                                * config.train_samples,
                                 device_memory_bytes(), "a training step's activations on one device")
         if plan.writes:
             changed = checkpoint.prepare_workdir(workdir, config, plan.bits_record())
             if changed:
                 log(f"warning: resuming with another {', '.join(changed)} than the run began with: the result "
                     "will not equal an uninterrupted run's bits (config.json keeps both)")
-        optimizer = optax.adam(config.learning_rate)
+        optimizer = make_optimizer(config.schedule, config.learning_rate,
+                                   num_batches(len(dataset.train_images), config.batch_size))
         keys = seed_keys(config.seed)
         trainer = Trainer(model, optimizer, config.batch_size, dataset, keys.eval, plan,
-                          binarize=config.binarize == "dynamic")
+                          binarize=config.binarize == "dynamic",
+                          objective=Objective(config.objective, config.train_samples))
         state, history = init_state(model, optimizer, keys, trainer.steps), []
         if config.resume:
             state, history = checkpoint.restore_state(workdir, config, state, log)
