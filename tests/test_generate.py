@@ -141,7 +141,8 @@ def test_generate_seed_changes_the_images(cvae_run, tmp_path):
     ("dense_run", [], "a plain autoencoder has no prior to sample from"),
     ("dense_run", ["--labels"], "--labels needs a class-conditional model (conv_cvae)"),
     ("cvae_run", [], "conv_cvae generates a chosen class: pass --labels"),
-    ("cvae_run", ["--labels", "--count", "0"], "--count must be from 1 to 4294967295 (an IDX header holds the count in 32 bits), got 0"),
+    ("cvae_run", ["--labels", "--count", "0"],
+     "--count must be from 1 to 4294967295 (an IDX header holds the count in 32 bits), got 0"),
 ])
 def test_generate_misuse_ends_in_one_line(request, tmp_path, capsys, run, args, message):
     workdir = request.getfixturevalue(run)
