@@ -106,7 +106,7 @@ def assert_seed(seed: int):
 @given(data=st.data())
 def test_train_py_accepts_only_valid_flags(paths, data):
     flags = {
-        "--model": choice_of("conv_vae", "conv_cvae", "dense_ae"),
+        "--model": choice_of("conv_vae", "conv_cvae", "dense_ae", "mlp_vae"),
         "--dataset": choice_of("mnist", "fashion-mnist", "kmnist", "emnist/letters"),
         "--data_dir": path_values(paths), "--workdir": path_values(paths),
         "--latent_dim": integers_as_text(), "--epochs": integers_as_text(), "--batch_size": integers_as_text(),
@@ -114,6 +114,8 @@ def test_train_py_accepts_only_valid_flags(paths, data):
         "--test_image_number": integers_as_text(), "--limit": integers_as_text(),
         "--micro_batches": st.one_of(st.just("auto"), integers_as_text()),
         "--loop": choice_of("auto", "step", "scan", "unrolled"), "--binarize": choice_of("none", "dynamic"),
+        "--objective": choice_of("elbo", "iwae", "dreg"), "--train_samples": integers_as_text(),
+        "--schedule": choice_of("constant", "iwae"),
         "--coordinator_address": st.one_of(st.sampled_from(["10.0.0.1:1234", "host:0", "host:65536", ":80"]),
                                            ARGV_TEXT),
         "--num_processes": integers_as_text(), "--process_id": integers_as_text(),
@@ -133,6 +135,8 @@ def test_train_py_accepts_only_valid_flags(paths, data):
     assert config.data_dir is None or Path(config.data_dir).is_dir()
     assert is_usable_folder(Path(config.workdir), may_be_missing=True)
     assert not (config.resume and config.overwrite)
+    assert 1 <= config.train_samples <= 5000
+    assert config.model != "dense_ae" or (config.objective, config.train_samples) == ("elbo", 1)
     if launch.process_id is not None:
         assert launch.distributed and 0 <= launch.process_id < (launch.num_processes or 2**31)
 
