@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vaejax.checkpoint import load_finished_run  # noqa: E402
 from vaejax.classifier import CLASSIFIER_EPOCHS, cached_classifier, train_classifier  # noqa: E402
 from vaejax.data import load_dataset  # noqa: E402
-from vaejax.generate import balanced_labels, prior_samples, to_uint8  # noqa: E402
+from vaejax.generate import balanced_labels, sampled_pixels, to_uint8  # noqa: E402
+from vaejax.samplers import prior_sampler  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -47,7 +48,7 @@ def main() -> None:
     count = args.count or len(dataset.train_images)
     labels = balanced_labels(count)
     started = time.perf_counter()
-    generated = to_uint8(prior_samples(model, params, jax.random.key(args.seed), count, labels))
+    generated = to_uint8(sampled_pixels(model, params, prior_sampler(model), jax.random.key(args.seed), count, labels))
     print(f"generated {count} labelled images in {time.perf_counter() - started:.1f} s")
 
     training_sets = {

@@ -14,6 +14,7 @@ from vaejax.checkpoint import load_finished_run
 from vaejax.classifier import cached_classifier, train_classifier
 from vaejax.config import Config
 from vaejax.data import IMAGES_MAGIC, LABELS_MAGIC, parse_idx
+from vaejax.samplers import prior_sampler
 from vaejax.training import train
 
 
@@ -86,8 +87,9 @@ def test_evaluate_of_an_unfinished_run_is_one_clear_error(tmp_path, capsys):
 
 def test_sample_quality_judges_generated_against_real_images(cvae_run, small_mnist, small_classifier):
     _, model, params, _ = load_finished_run(cvae_run)
-    quality = evaluate.sample_quality(model, params, small_mnist, small_classifier, jax.random.key(0), 200)
-    generated, real = quality["generated"], quality["real_train_images"]
+    quality = evaluate.sample_quality(model, params, small_mnist, small_classifier, jax.random.key(0), 200,
+                                      [prior_sampler(model)])
+    generated, real = quality["samplers"]["prior"], quality["real_train_images"]
     assert set(generated) == {"frechet_distance", "mean_confidence", "class_entropy", "label_agreement"}
     assert real["frechet_distance"] < generated["frechet_distance"]  # one epoch on 512 images: far from real
     assert real["class_entropy"] > 2.0  # real digits spread over the ten classes (log 10 = 2.30)
@@ -138,7 +140,8 @@ def test_generate_seed_changes_the_images(cvae_run, tmp_path):
 
 
 @pytest.mark.parametrize(("run", "args", "message"), [
-    ("dense_run", [], "a plain autoencoder has no prior to sample from"),
+    ("dense_run", ["--sampler", "prior"], "a plain autoencoder has no prior; use --sampler gmm:K"),
+    ("cvae_run", ["--labels", "--sampler", "gmm:0"], "gmm:0"),
     ("dense_run", ["--labels"], "--labels needs a class-conditional model (conv_cvae)"),
     ("cvae_run", [], "conv_cvae generates a chosen class: pass --labels"),
     ("cvae_run", ["--labels", "--count", "0"],
@@ -150,3 +153,18 @@ def test_generate_misuse_ends_in_one_line(request, tmp_path, capsys, run, args, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_plain_autoencoder_generates_from_a_mixture_fitted_once(dense_run, tmp_path, capsys):
+    outputs = []
+    for name in ("a", "b"):
+        assert generate.main(["--workdir", str(dense_run), "--count", "20", "--out", str(tmp_path / name)]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert "sampler: gmm:10 fitted to 20000 training codes" in outputs[0]
+    assert "fitting gmm:10" in outputs[0] and "fitting" not in outputs[1]  # the fit is cached and reused
+    path = tmp_path / "a" / "generated-images-idx3-ubyte"
+    images = parse_idx(path.read_bytes(), IMAGES_MAGIC, path)
+    assert images.shape == (20, 28, 28) and images.max() > 100  # digits, not blank
+    assert (tmp_path / "b" / path.name).read_bytes() == path.read_bytes()
+    with np.load(tmp_path / "a" / "generated.npz") as npz:
+        assert str(npz["sampler"]) == "gmm:10 fitted to 20000 training codes"

@@ -3,9 +3,11 @@
 - Likelihood (VAEs): the negative ELBO in nats per image (BCE + KL) and Burda et al.'s k-sample
   importance-weighted bound on the negative log-likelihood, from the same k draws per image.
 - Reconstruction (every model), decoded from the latent mean: per-pixel BCE, MSE, PSNR and SSIM.
-- Sample quality (VAEs): Frechet distance between generated and test images in the features of the
-  project's digit classifier, the classifier's mean confidence and the entropy of its predicted
-  classes; the same for real training images as the floor.
+- Sample quality, for each latent sampler asked (`--samplers`; the prior by default for a VAE, a
+  Gaussian mixture fitted to the training codes for any model): Frechet distance between generated
+  and test images in the features of the project's digit classifier, the classifier's mean
+  confidence and the entropy of its predicted classes, and the test codes' mean log-density under
+  the sampler; the same for real training images as the floor.
 
 Results go to `<workdir>/evaluation.json`, with the setting (data, binarization, latent size, k,
 number of test images) stored beside every number, and are printed as a table.
@@ -38,8 +40,8 @@ from vaejax.models import (
     encode,
     images_to_float,
 )
+from vaejax.samplers import Sampler, SamplerSpec, fitted_sampler, latent_means, parse_sampler
 from vaejax.steps import METRIC_PRECISION, root_key
-from vaejax.validation import host_memory_bytes
 
 EVALUATION_FILE = "evaluation.json"
 MAX_CHUNK = 50  # importance samples decoded at once per image
@@ -116,20 +118,27 @@ def judge(classifier, pixels: np.ndarray, reference_stats) -> tuple[dict[str, fl
             **prediction_statistics(probabilities)}, probabilities
 
 
-def sample_quality(model: AutoEncoder, params, dataset: Dataset, classifier, key: jax.Array,
-                   count: int) -> dict[str, dict]:
-    """Generated images against the test set, and `count` real training images as the floor."""
-    from vaejax.generate import balanced_labels, prior_samples
+def sample_quality(model: AutoEncoder, params, dataset: Dataset, classifier, key: jax.Array, count: int,
+                   samplers: list[Sampler], test_codes: np.ndarray | None = None) -> dict[str, dict]:
+    """Images generated from each sampler against the test set (and, given `test_codes`, the test
+    codes' mean log-density under the sampler), and `count` real training images as the floor."""
+    from vaejax.generate import balanced_labels, sampled_pixels
 
     _, test_features = classifier.predict(dataset.test_images / 255.0)
     reference = gaussian_statistics(test_features)
     labels = balanced_labels(count) if model.conditional else None
-    generated, probabilities = judge(classifier, prior_samples(model, params, key, count, labels), reference)
-    if labels is not None:  # does the image show the class it was asked for?
-        generated["label_agreement"] = float((probabilities.argmax(axis=1) == labels).mean())
+    generated = {}
+    for sampler in samplers:
+        metrics, probabilities = judge(classifier, sampled_pixels(model, params, sampler, key, count, labels),
+                                       reference)
+        if labels is not None:  # does the image show the class it was asked for?
+            metrics["label_agreement"] = float((probabilities.argmax(axis=1) == labels).mean())
+        if test_codes is not None:
+            metrics["test_code_log_likelihood"] = sampler.mean_log_likelihood(test_codes)
+        generated[str(sampler.spec)] = metrics
     real_count = min(count, len(dataset.train_images))
     floor, _ = judge(classifier, dataset.train_images[:real_count] / 255.0, reference)
-    return {"generated": generated, "real_train_images": floor}
+    return {"samplers": generated, "real_train_images": floor}
 
 
 @dataclass(frozen=True)
@@ -143,6 +152,7 @@ class EvaluateOptions:
     classifier_dir: Path | None = Path("runs/classifiers")  # None: no sample-quality metrics
     seed: int = 0
     batch_size: int = 100
+    samplers: tuple[str, ...] | None = None  # None: the prior for a VAE, none for a plain autoencoder
 
     def validate(self) -> None:
         validation.existing_folder("--workdir", self.workdir)
@@ -154,9 +164,18 @@ class EvaluateOptions:
             validation.output_folder("--classifier_dir", self.classifier_dir)
         validation.whole_number("--batch_size", self.batch_size, 1, MAX_TRAIN_IMAGES, "no dataset holds more images")
         validation.seed("--seed", self.seed)
+        for text in self.samplers or ():
+            parse_sampler(text)
+
+    def sampler_specs(self, model: AutoEncoder) -> list[SamplerSpec]:
+        texts = self.samplers if self.samplers is not None else ("prior",) if model.variational else ()
+        return [parse_sampler(text) for text in texts]
 
     def check_memory(self, model: AutoEncoder, memory_bytes: int) -> None:
         """The bounds that follow from the memory: a batch's importance draws and decodes, the samples."""
+        if self.classifier_dir is not None:
+            validation.memory_bound("--samples", self.samples, SAMPLE_BYTES, validation.host_memory_bytes(),
+                                    "the generated images and their pixel probabilities")
         if not model.variational:
             return
         validation.memory_bound("--iw_samples", self.iw_samples, self.batch_size * BYTES_PER_LOG_WEIGHT,
@@ -164,9 +183,6 @@ class EvaluateOptions:
         chunk = importance_chunk(self.iw_samples)
         validation.memory_bound("--batch_size", self.batch_size, chunk * activation_bytes_per_image(model),
                                 memory_bytes, f"decoding {chunk} draws per image at once")
-        if self.classifier_dir is not None:
-            validation.memory_bound("--samples", self.samples, SAMPLE_BYTES, host_memory_bytes(),
-                                    "the generated images and their pixel probabilities")
 
 
 def evaluate_run(options: EvaluateOptions, log: Callable[[str], None] = print) -> dict:
@@ -187,8 +203,11 @@ def evaluate_run(options: EvaluateOptions, log: Callable[[str], None] = print) -
     if config.binarize == "dynamic":
         test_images = binarized_test_images(test_images)
     likelihood_key, sample_key = jax.random.split(root_key(options.seed))
+    specs = options.sampler_specs(model) if classifier_dir is not None else []
+    samplers = [fitted_sampler(workdir, model, params, dataset, spec, binarize=config.binarize == "dynamic", log=log)
+                for spec in specs]
     # Trained (and cached) at the backend's default precision, whoever asks for it first.
-    classifier = cached_classifier(dataset, classifier_dir, log=log) if model.variational and classifier_dir else None
+    classifier = cached_classifier(dataset, classifier_dir, log=log) if samplers else None
     with jax.default_matmul_precision(METRIC_PRECISION):  # reported metrics: full float32 on every backend
         results = {
             "setting": {
@@ -203,9 +222,12 @@ def evaluate_run(options: EvaluateOptions, log: Callable[[str], None] = print) -
             log(f"importance sampling: {iw_samples} draws for each of {len(test_images)} test images")
             results["likelihood"] = likelihood_metrics(model, params, test_images, test_labels, likelihood_key,
                                                        iw_samples, batch_size)
-            if classifier is not None:
-                results["sample_quality"] = sample_quality(model, params, dataset, classifier, sample_key, samples)
-                results["setting"] |= {"samples": samples, "classifier_test_accuracy": classifier.test_accuracy}
+        if classifier is not None:
+            test_codes = latent_means(model, params, test_images, test_labels)
+            results["sample_quality"] = sample_quality(model, params, dataset, classifier, sample_key, samples,
+                                                       samplers, test_codes)
+            results["setting"] |= {"samples": samples, "classifier_test_accuracy": classifier.test_accuracy,
+                                   "samplers": {str(sampler.spec): sampler.describe() for sampler in samplers}}
     write_json(workdir / EVALUATION_FILE, results)
     return results
 
@@ -232,9 +254,11 @@ def format_table(results: dict) -> str:
     row("reconstruction PSNR", recon["psnr"], recon["psnr_sem"], "dB")
     row("reconstruction SSIM", recon["ssim"], recon["ssim_sem"])
     if "sample_quality" in results:
-        for source, values in results["sample_quality"].items():
+        quality = results["sample_quality"]
+        sources = {f"samples from {spec}": values for spec, values in quality["samplers"].items()}
+        for source, values in (sources | {"real train images": quality["real_train_images"]}).items():
             for name, value in values.items():
-                row(f"{source.replace('_', ' ')}: {name.replace('_', ' ')}", value)
+                row(f"{source}: {name.replace('_', ' ')}", value)
     return "\n".join(lines)
 
 
@@ -256,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="test images per compiled batch (default: %(default)s)")
     add("--seed", type=int, default=defaults.seed,
         help="seed of the importance draws and the samples (default: %(default)s)")
+    add("--samplers", nargs="+", default=defaults.samplers, metavar="SAMPLER",
+        help="the latent samplers whose samples are judged: prior, gmm:K (a K-component Gaussian mixture fitted to "
+             "the training codes; see vaejax.generate); default: prior for a VAE, none for a plain autoencoder")
     return parser
 
 
@@ -263,6 +290,7 @@ def options_from_flags(flags: argparse.Namespace) -> EvaluateOptions:
     options = EvaluateOptions(
         Path(flags.workdir), flags.iw_samples, flags.limit, flags.samples,
         Path(flags.classifier_dir) if flags.sample_quality else None, flags.seed, flags.batch_size,
+        tuple(flags.samplers) if flags.samplers is not None else None,
     )
     options.validate()
     return options

@@ -1,7 +1,8 @@
-"""`python -m vaejax.generate --workdir DIR`: new images from a trained VAE's prior.
+"""`python -m vaejax.generate --workdir DIR`: new images from a trained model's latent space.
 
-Writes N images decoded from z ~ N(0, I) as IDX (readable by any MNIST loader), NPZ and a PNG
-sheet; a conditional model (`conv_cvae`) also writes their labels (`--labels`). Also draws latent
+Writes N images decoded from z drawn by a sampler (the prior N(0, I) of a VAE, or a Gaussian mixture
+fitted to the training codes, which also serves a plain autoencoder) as IDX (readable by any MNIST
+loader), NPZ and a PNG sheet; a conditional model (`conv_cvae`) also writes their labels (`--labels`). Also draws latent
 interpolation strips between pairs of test digits. Seeded: the same command writes the same bytes.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import io
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,19 +20,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from vaejax import validation
-from vaejax.batching import map_batches
 from vaejax.command import Command, OneLineParser
 from vaejax.data import IMAGE_PIXELS, IMAGE_SIDE, NUM_CLASSES, write_idx
 from vaejax.errors import VaejaxError
 from vaejax.models import AutoEncoder, decode, encode, images_to_float
+from vaejax.samplers import Sampler, SamplerSpec, decode_latents, fitted_sampler, parse_sampler
 from vaejax.steps import root_key
 
-DECODE_BATCH = 1000
 SHEET_SIDE = 10  # the PNG sheet shows the first 10 x 10 images
 INTERPOLATION_STEPS = 10
 INTERPOLATION_PAIRS = 8
 MAX_IDX_COUNT = 2**32 - 1
 BYTES_PER_IMAGE = IMAGE_PIXELS * (4 + 1 + 4)  # float32 probabilities, uint8 image, and the NPZ's float32 copy
+AUTO_SAMPLER = "auto"
+PLAIN_AUTOENCODER_SAMPLER = "gmm:10"  # Ghosh et al. 2020's ex-post mixture: ten components
 
 
 def balanced_labels(count: int) -> np.ndarray:
@@ -38,21 +41,20 @@ def balanced_labels(count: int) -> np.ndarray:
     return (np.arange(count) % NUM_CLASSES).astype(np.uint8)
 
 
-def prior_samples(model: AutoEncoder, params, key: jax.Array, count: int, labels: np.ndarray | None = None
-                  ) -> np.ndarray:
-    """`count` images decoded from z ~ N(0, I) as pixel probabilities (count, 784), in batches.
 
-    A conditional model needs `labels` (count,); z is drawn the same way with or without them.
-    """
-    if not model.variational:
-        raise VaejaxError("a plain autoencoder has no prior to sample from; generate with a VAE (conv_vae, conv_cvae)")
-    if model.conditional and labels is None:
-        raise VaejaxError("a conditional model needs labels to generate")
-    latent_dim = model.encoder.latent_dim
-    to_pixels = jax.jit(lambda params, z, labels: jax.nn.sigmoid(decode(model, params, z, labels)))
-    z = np.asarray(jax.random.normal(key, (count, latent_dim)))
-    labels = np.zeros(count, np.int32) if labels is None else np.asarray(labels, np.int32)
-    return map_batches(lambda z, labels: to_pixels(params, z, labels), (z, labels), DECODE_BATCH)
+
+def resolve_sampler(text: str, model: AutoEncoder) -> SamplerSpec:
+    """`--sampler`: `auto` is the prior for a VAE and a 10-component mixture for a plain autoencoder."""
+    if text == AUTO_SAMPLER:
+        text = "prior" if model.variational else PLAIN_AUTOENCODER_SAMPLER
+    return parse_sampler(text)
+
+
+def sampled_pixels(model: AutoEncoder, params, sampler: Sampler, key: jax.Array, count: int,
+                   labels: np.ndarray | None = None) -> np.ndarray:
+    """`count` images decoded from the sampler's latent draws, as pixel probabilities (count, 784).
+    A conditional model needs `labels` (count,); the draws are the same with or without them."""
+    return decode_latents(model, params, sampler.sample(key, count), labels)
 
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:
@@ -79,15 +81,16 @@ def interpolations(model: AutoEncoder, params, images: np.ndarray, labels: np.nd
 
 
 def write_outputs(out: Path, images: np.ndarray, labels: np.ndarray | None, pixels: np.ndarray,
-                  strips: np.ndarray, class_names) -> list[Path]:
-    """The IDX files, the NPZ, the sheet and the interpolation strips; returns the paths written."""
+                  strips: np.ndarray, class_names, sampler: str) -> list[Path]:
+    """The IDX files, the NPZ (which names the `sampler`), the sheet and the interpolation strips;
+    returns the paths written."""
     from vaejax.checkpoint import atomic_write
     from vaejax.figures import plot_interpolations, plot_sample_sheet, save_figure
 
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "generated-images-idx3-ubyte"]
     atomic_write(written[0], write_idx(images))
-    arrays = {"images": images, "probabilities": pixels.astype(np.float32)}
+    arrays = {"images": images, "probabilities": pixels.astype(np.float32), "sampler": np.array(sampler)}
     if labels is not None:
         written.append(out / "generated-labels-idx1-ubyte")
         atomic_write(written[-1], write_idx(labels))
@@ -112,6 +115,7 @@ class GenerateOptions:
     out: Path | None = None  # None: <workdir>/generated
     labels: bool = False
     seed: int = 0
+    sampler: str = AUTO_SAMPLER
 
     def validate(self) -> None:
         validation.existing_folder("--workdir", self.workdir)
@@ -120,6 +124,8 @@ class GenerateOptions:
                                 "the images and their pixel probabilities")
         validation.output_folder("--out", self.output_folder)
         validation.seed("--seed", self.seed)
+        if self.sampler != AUTO_SAMPLER:
+            parse_sampler(self.sampler)
 
     @property
     def output_folder(self) -> Path:
@@ -129,24 +135,28 @@ class GenerateOptions:
 def build_parser() -> argparse.ArgumentParser:
     defaults = GenerateOptions(Path("."))
     parser = OneLineParser(prog=COMMAND_NAME, description=__doc__.splitlines()[0].split(": ", 1)[1])
-    parser.add_argument("--workdir", required=True, help="work directory of a finished VAE run")
+    parser.add_argument("--workdir", required=True, help="work directory of a finished run")
     parser.add_argument("--count", type=int, default=defaults.count, help="images to generate (default: %(default)s)")
     parser.add_argument("--out", default=None, help="output folder (default: <workdir>/generated)")
     parser.add_argument("--labels", action="store_true",
                         help="conv_cvae: generate every class equally often and write the labels too")
     parser.add_argument("--seed", type=int, default=defaults.seed,
-                        help="seed of the prior draws (default: %(default)s)")
+                        help="seed of the latent draws (default: %(default)s)")
+    parser.add_argument("--sampler", default=defaults.sampler,
+                        help="where z comes from: prior (N(0, I), VAEs), gmm:K (a K-component full-covariance "
+                             "Gaussian mixture fitted to the training images' codes, cached in <workdir>/samplers), "
+                             f"or auto (default): prior for a VAE, {PLAIN_AUTOENCODER_SAMPLER} for a plain autoencoder")
     return parser
 
 
 def options_from_flags(flags: argparse.Namespace) -> GenerateOptions:
     options = GenerateOptions(Path(flags.workdir), flags.count, Path(flags.out) if flags.out is not None else None,
-                              flags.labels, flags.seed)
+                              flags.labels, flags.seed, flags.sampler)
     options.validate()
     return options
 
 
-def generate(options: GenerateOptions) -> list[Path]:
+def generate(options: GenerateOptions, log: Callable[[str], None] = print) -> list[Path]:
     from vaejax.checkpoint import load_finished_run
     from vaejax.data import load_dataset
 
@@ -156,13 +166,17 @@ def generate(options: GenerateOptions) -> list[Path]:
         raise VaejaxError(f"--labels needs a class-conditional model (conv_cvae); {workdir} holds {config.model}")
     if model.conditional and not options.labels:
         raise VaejaxError(f"{config.model} generates a chosen class: pass --labels")
+    spec = resolve_sampler(options.sampler, model)
+    dataset = load_dataset(config.dataset, config.data_dir)
+    sampler = fitted_sampler(workdir, model, params, dataset, spec, binarize=config.binarize == "dynamic", log=log)
+    log(f"sampler: {sampler.describe()}")
     labels = balanced_labels(options.count) if options.labels else None
     sample_key, _ = jax.random.split(root_key(options.seed))
-    pixels = prior_samples(model, params, sample_key, options.count, labels)
-    dataset = load_dataset(config.dataset, config.data_dir)
+    pixels = sampled_pixels(model, params, sampler, sample_key, options.count, labels)
     pair_images = dataset.test_images[:2 * INTERPOLATION_PAIRS]
     strips = interpolations(model, params, pair_images, dataset.test_labels[:2 * INTERPOLATION_PAIRS])
-    return write_outputs(options.output_folder, to_uint8(pixels), labels, pixels, strips, dataset.class_names)
+    return write_outputs(options.output_folder, to_uint8(pixels), labels, pixels, strips, dataset.class_names,
+                         sampler.describe())
 
 
 def run(options: GenerateOptions) -> int:
