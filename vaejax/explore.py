@@ -271,6 +271,7 @@ class Explorer:
         return {"z": z.tolist(), "pixels": pixels.tolist()}
 
 
+# Path -> (method, handler); a handler answers (explorer, the query's fields or the JSON body) with a dict.
 API = {
     "/api/info": ("GET", Explorer.info),
     "/api/plane": ("GET", Explorer.plane),

@@ -41,7 +41,7 @@ function showError(error) {
 // is sent when the answer is in. The page never queues a request per pointer event.
 function latestOnly(send) {
   let busy = false;
-  let waiting = null;
+  let waiting = null; // [the latest input] while a request is in flight, else null
   async function run(input) {
     busy = true;
     try {
@@ -51,13 +51,13 @@ function latestOnly(send) {
     }
     busy = false;
     if (waiting !== null) {
-      const next = waiting;
+      const [next] = waiting;
       waiting = null;
       run(next);
     }
   }
   return input => {
-    if (busy) waiting = input;
+    if (busy) waiting = [input];
     else run(input);
   };
 }
@@ -348,7 +348,7 @@ function setEnd(k, end) {
   state.ends[k] = end;
   $(`end-${k}`).textContent = describeEnd(end);
   drawMarks();
-  if (state.ends.every(e => e !== null)) requestStrip(true);
+  if (state.ends.every(e => e !== null)) requestStrip();
 }
 
 function onPlaneClick(px, py) {
@@ -516,7 +516,7 @@ function setUpControls(info) {
       setZ(state.z); // same z, another class
       requestGrid(state.grid);
       if (state.code) encodeDrawn();
-      if (state.ends.every(e => e !== null)) requestStrip(true);
+      if (state.ends.every(e => e !== null)) requestStrip();
       if (state.sampleSeed !== null) requestSamples(state.sampleSeed);
     });
   }
