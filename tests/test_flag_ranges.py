@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vaejax import cli, evaluate, generate, plot, validation
+from vaejax import cli, evaluate, explore, generate, plot, validation
 from vaejax.config import Config
 from vaejax.data import Dataset
 from vaejax.errors import VaejaxError
@@ -146,7 +146,8 @@ def test_train_py_accepts_only_valid_flags(paths, data):
 def test_evaluate_accepts_only_valid_flags(paths, data):
     flags = {"--workdir": path_values(paths), "--iw_samples": integers_as_text(), "--limit": integers_as_text(),
              "--samples": integers_as_text(), "--classifier_dir": path_values(paths),
-             "--batch_size": integers_as_text(), "--seed": integers_as_text()}
+             "--batch_size": integers_as_text(), "--seed": integers_as_text(),
+             "--samplers": choice_of("prior", "gmm:50", "gmm:x", "gmm:-1")}
     argv = data.draw(argument_vectors(flags, ("--no-sample_quality",)))
     if "--workdir" not in argv and data.draw(st.booleans()):
         argv += ["--workdir", paths["folder"]]
@@ -164,15 +165,26 @@ def test_evaluate_accepts_only_valid_flags(paths, data):
 @given(data=st.data())
 def test_generate_accepts_only_valid_flags(paths, data):
     flags = {"--workdir": path_values(paths), "--count": integers_as_text(), "--out": path_values(paths),
-             "--seed": integers_as_text()}
+             "--seed": integers_as_text(), "--sampler": choice_of("auto", "prior", "gmm:10", "gmm:0", "gmm:1001")}
     argv = data.draw(argument_vectors(flags, ("--labels",)))
     options = assert_accepted_or_one_line(generate.COMMAND, argv)
     if options is None:
         return
     assert options.workdir.is_dir() and 1 <= options.count < 2**32
+    assert options.sampler in ("auto", "prior") or 1 <= int(options.sampler.split(":")[1]) <= 1000
     assert options.count * 784 * 9 <= validation.host_memory_bytes()
     assert is_usable_folder(options.output_folder, may_be_missing=True)
     assert_seed(options.seed)
+
+
+@PROPERTY
+@given(data=st.data())
+def test_explore_accepts_only_valid_flags(paths, data):
+    flags = {"--workdir": path_values(paths), "--host": choice_of("127.0.0.1", "::1", "localhost"),
+             "--port": integers_as_text()}
+    options = assert_accepted_or_one_line(explore.COMMAND, data.draw(argument_vectors(flags)))
+    if options is not None:
+        assert options.workdir.is_dir() and 0 <= options.port <= 65535 and options.host.strip()
 
 
 @PROPERTY

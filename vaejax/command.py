@@ -33,7 +33,8 @@ class Command:
     build_parser: Callable[[], argparse.ArgumentParser]
     options: Callable[[argparse.Namespace], Any]
     run: Callable[[Any], int]
-    interrupted: str = "interrupted"
+    interrupted: str = "interrupted"  # said on Ctrl-C
+    interrupted_exit_code: int = 130  # the shell's code for death by SIGINT
 
     def main(self, argv: list[str] | None = None) -> int:
         try:
@@ -48,4 +49,4 @@ class Command:
             return error.exit_code
         except KeyboardInterrupt:
             print(f"{self.prog}: {self.interrupted}", file=sys.stderr)
-            return 130
+            return self.interrupted_exit_code

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import socket
 import sys
 import threading
@@ -36,7 +35,9 @@ from urllib.parse import parse_qs, urlsplit
 import jax
 import numpy as np
 
+from vaejax import validation
 from vaejax.batching import map_batches
+from vaejax.command import Command, OneLineParser
 from vaejax.config import Config
 from vaejax.data import IMAGE_PIXELS, IMAGE_SIDE, NUM_CLASSES
 from vaejax.errors import VaejaxError
@@ -67,23 +68,10 @@ class ExploreOptions:
     host: str = "127.0.0.1"
     port: int = 8000
 
-    def validate(self) -> ExploreOptions:
-        if not 0 <= self.port <= 65535:
-            raise VaejaxError(f"--port must be 0 to 65535 (0: any free port), got {self.port}")
-        if not self.host.strip():
-            raise VaejaxError("--host must not be empty")
-        try:
-            is_folder = self.workdir.is_dir()
-            exists = is_folder or self.workdir.exists()
-        except OSError as error:
-            raise VaejaxError(f"--workdir {self.workdir}: cannot be read ({error.strerror or error})") from None
-        if not exists:
-            raise VaejaxError(f"--workdir {self.workdir}: no such folder")
-        if not is_folder:
-            raise VaejaxError(f"--workdir {self.workdir}: a file, not a folder")
-        if not os.access(self.workdir, os.R_OK | os.X_OK):
-            raise VaejaxError(f"--workdir {self.workdir}: a folder this user cannot read")
-        return self
+    def validate(self) -> None:
+        validation.whole_number("--port", self.port, 0, validation.PORT_MAX, "0: any free port")
+        validation.non_empty("--host", self.host)
+        validation.existing_folder("--workdir", self.workdir)
 
 
 class BadRequest(ValueError):
@@ -397,8 +385,6 @@ def serve(options: ExploreOptions) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vaejax.cli import OneLineParser
-
     parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0].split(": ", 1)[1])
     parser.add_argument("--workdir", required=True, help="work directory of a finished run")
     parser.add_argument("--host", default=ExploreOptions.host,
@@ -408,16 +394,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        serve(ExploreOptions(Path(args.workdir), args.host, args.port).validate())
-    except VaejaxError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        print(f"{PROG}: stopped", file=sys.stderr)
+def options_from_flags(flags: argparse.Namespace) -> ExploreOptions:
+    options = ExploreOptions(Path(flags.workdir), flags.host, flags.port)
+    options.validate()
+    return options
+
+
+def run(options: ExploreOptions) -> int:
+    serve(options)
     return 0
+
+
+# Ctrl-C is how the server is meant to stop: exit code 0.
+COMMAND = Command(PROG, build_parser, options_from_flags, run, interrupted="stopped", interrupted_exit_code=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return COMMAND.main(argv)
 
 
 if __name__ == "__main__":
