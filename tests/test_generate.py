@@ -168,3 +168,11 @@ def test_a_plain_autoencoder_generates_from_a_mixture_fitted_once(dense_run, tmp
     assert (tmp_path / "b" / path.name).read_bytes() == path.read_bytes()
     with np.load(tmp_path / "a" / "generated.npz") as npz:
         assert str(npz["sampler"]) == "gmm:10 fitted to 20000 training codes"
+
+
+def test_the_extremes_of_count_and_seed_generate(cvae_run, tmp_path):
+    for seed in ("0", str(2**64 - 1)):
+        assert generate.main(["--workdir", str(cvae_run), "--count", "1", "--labels", "--seed", seed,
+                              "--out", str(tmp_path / seed)]) == 0
+    images = [(tmp_path / seed / "generated-images-idx3-ubyte").read_bytes() for seed in ("0", str(2**64 - 1))]
+    assert images[0] != images[1]
