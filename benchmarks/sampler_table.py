@@ -26,11 +26,9 @@ from vaejax.checkpoint import load_finished_run, write_json
 from vaejax.classifier import cached_classifier
 from vaejax.data import load_dataset
 from vaejax.errors import VaejaxError
-from vaejax.evaluate import judge
-from vaejax.generate import balanced_labels
-from vaejax.metrics import gaussian_statistics
-from vaejax.samplers import DEFAULT_FIT_CODES, decode_latents, fitted_sampler, latent_means, parse_sampler
-from vaejax.steps import METRIC_PRECISION
+from vaejax.evaluate import sample_quality
+from vaejax.samplers import DEFAULT_FIT_CODES, fitted_sampler, latent_means, parse_sampler
+from vaejax.steps import METRIC_PRECISION, root_key
 
 ROOT = Path(__file__).resolve().parents[1]
 # The table's measured columns: (key in the results, heading, decimals)
@@ -40,32 +38,22 @@ FLOOR = "real training images"
 
 
 def compare_samplers(workdir: Path, specs: list, count: int, fit_codes: int, seed: int, classifier_dir: Path) -> dict:
-    """Each sampler's sample quality and held-out code log-likelihood for the run in `workdir`."""
+    """Each sampler's sample quality and held-out code log-likelihood for the run in `workdir`, measured
+    as `vaejax.evaluate --samplers` measures them (same key, same classifier)."""
     config, model, params, history = load_finished_run(workdir)
     dataset = load_dataset(config.dataset, config.data_dir)
     classifier = cached_classifier(dataset, classifier_dir, log=print)  # outside the precision block, as evaluate
     binarize = config.binarize == "dynamic"
-    _, sample_key = jax.random.split(jax.random.key(seed))  # evaluate's sample key
-    labels = balanced_labels(count) if model.conditional else None
+    _, sample_key = jax.random.split(root_key(seed))  # evaluate's sample key
+    samplers = [fitted_sampler(workdir, model, params, dataset, spec, seed, fit_codes, binarize, log=print)
+                for spec in specs if model.variational or spec.kind != "prior"]
     with jax.default_matmul_precision(METRIC_PRECISION):
-        _, test_features = classifier.predict(dataset.test_images / 255.0)
-        reference = gaussian_statistics(test_features)
         test_codes = latent_means(model, params, dataset.test_images, dataset.test_labels, binarize)
-        floor, _ = judge(classifier, dataset.train_images[:count] / 255.0, reference)
-        samplers = {}
-        for spec in specs:
-            if spec.kind == "prior" and not model.variational:
-                continue
-            sampler = fitted_sampler(workdir, model, params, dataset, spec, seed, fit_codes, binarize, log=print)
-            pixels = decode_latents(model, params, sampler.sample(sample_key, count), labels)
-            quality, probabilities = judge(classifier, pixels, reference)
-            if labels is not None:
-                quality["label_agreement"] = float((probabilities.argmax(axis=1) == labels).mean())
-            samplers[str(spec)] = {"description": sampler.describe(), **quality,
-                                   "test_code_log_likelihood": sampler.mean_log_likelihood(test_codes)}
+        quality = sample_quality(model, params, dataset, classifier, sample_key, count, samplers, test_codes)
+    for sampler in samplers:
+        quality["samplers"][str(sampler.spec)]["description"] = sampler.describe()
     return {"model": config.model, "dataset": config.dataset, "latent_dim": config.latent_dim,
-            "epochs": history[-1]["epoch"], "classifier_test_accuracy": classifier.test_accuracy,
-            "samplers": samplers, "real_train_images": floor}
+            "epochs": history[-1]["epoch"], "classifier_test_accuracy": classifier.test_accuracy, **quality}
 
 
 def markdown_table(runs: dict[str, dict]) -> str:
