@@ -20,6 +20,7 @@ from vaejax import cli, evaluate, explore, generate, plot, validation
 from vaejax.config import Config
 from vaejax.data import Dataset
 from vaejax.errors import VaejaxError
+from vaejax.reporting import Reporter
 from vaejax.steps import root_key
 from vaejax.training import train
 
@@ -236,8 +237,11 @@ def test_extremes_that_pass_validation_train(tmp_path, tiny_mnist):
     config = parsed_config(["--model", "dense_ae", "--latent_dim", "784", "--test_image_number", "100",
                             "--seed", str(2**64 - 1), "--epochs", "1", "--batch_size", "1", "--limit", "8",
                             "--workdir", str(tmp_path / "extreme"), "--no-tensorboard"])
-    train(config, tiny_mnist, log=lambda line: None)
-    assert plot.main(["--workdir", config.workdir]) == 0
+    reporter = Reporter(config, log=lambda line: None)  # draws the figures, from the tiny test set
+    try:
+        train(config, tiny_mnist, log=lambda line: None, observer=reporter)
+    finally:
+        reporter.close()
     assert (tmp_path / "extreme" / "figures" / "reconstructions.png").is_file()
     assert time.perf_counter() - started < 120  # drawing 100 test images is bounded (10,000 hung)
 

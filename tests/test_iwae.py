@@ -104,7 +104,7 @@ def quick_config(tmp_path, name, **changes):
     return dataclasses.replace(base, **changes).resolved()
 
 
-def test_importance_weighted_training_repeats_and_resumes_bit_for_bit(tmp_path, small_mnist):
+def test_importance_weighted_training_resumes_bit_for_bit(tmp_path, small_mnist):
     def params_of(config):
         train(config, small_mnist, log=lambda line: None)
         return jax.tree.leaves(load_finished_run(tmp_path / config.workdir.rsplit("/", 1)[1])[2])
@@ -112,10 +112,8 @@ def test_importance_weighted_training_repeats_and_resumes_bit_for_bit(tmp_path, 
     straight = params_of(quick_config(tmp_path, "straight"))
     train(quick_config(tmp_path, "resumed", epochs=1), small_mnist, log=lambda line: None)
     resumed = params_of(quick_config(tmp_path, "resumed", resume=True))
-    other = params_of(quick_config(tmp_path, "iwae", objective="iwae"))
     for a, b in zip(straight, resumed, strict=True):  # an interrupted run ends as an uninterrupted one
         assert np.array_equal(a, b)
-    assert any(not np.array_equal(a, b) for a, b in zip(straight, other, strict=True))
 
 
 def test_a_run_made_before_the_objective_flags_keeps_its_identity():

@@ -114,7 +114,7 @@ def _template(config):
 
 
 @pytest.mark.parametrize(("workdir", "message"), [
-    ("/proc/1", "work directory /proc/1 is not writable"),
+    ("/proc/1", "--workdir /proc/1 is not writable"),
     ("/proc/1/vaejax-run", "cannot create work directory /proc/1/vaejax-run"),
 ])
 def test_unwritable_work_directory(tmp_path, workdir, message):
