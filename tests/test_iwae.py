@@ -12,8 +12,15 @@ from vaejax.config import Config
 from vaejax.data import IMAGE_PIXELS
 from vaejax.losses import Objective, gaussian_kl, gaussian_log_density, importance_terms
 from vaejax.models import AutoEncoder, MLPDecoder, MLPEncoder, build_model, count_params, decode, encode, init_params
-from vaejax.steps import iwae_learning_rate, make_optimizer
+from vaejax.steps import METRIC_PRECISION, iwae_learning_rate, make_optimizer
 from vaejax.training import train
+
+
+@pytest.fixture(autouse=True)
+def full_float32():
+    """Exact comparisons on every backend (a GPU's default float32 matmul is TF32)."""
+    with jax.default_matmul_precision(METRIC_PRECISION):
+        yield
 
 
 @pytest.fixture(scope="module")
