@@ -56,6 +56,10 @@ step "loop structure"
 timeout "$(left)" python3 benchmarks/loop_structure.py --steps 100 --micro_batches 1 2 2>&1 \
     | tee "$out/loop_structure-gpu.txt"
 
+step "cost per epoch of each training objective (mlp_vae, all 60,000 images; at most 100 s)"
+timeout "$(( $(left) < 100 ? $(left) : 100 ))" python3 benchmarks/iwae_table.py --cost --limit 60000 \
+    --runs /tmp/iwae --results "$out" 2>&1 | tail -9 | tee "$out/iwae_cost-gpu.txt"
+
 step "test suite on the GPU"
 parallel=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
 timeout "$(left)" python3 -m pytest -q --no-header -p no:cacheprovider $parallel 2>&1 | tail -40 > "$out/pytest-gpu.txt"

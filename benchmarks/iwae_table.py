@@ -98,16 +98,18 @@ def main() -> None:
                         help="gradient of the IWAE rows: the paper's (iwae) or DReG")
     parser.add_argument("--runs", default="runs/iwae_table", help="where the rows' work directories go")
     parser.add_argument("--cost", action="store_true", help="measure seconds per epoch of each objective instead")
+    parser.add_argument("--results", default=str(RESULTS), help="folder for the JSON (default: %(default)s)")
     args = parser.parse_args()
     import jax
 
     backend = jax.default_backend()
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
     if args.cost:
         args.limit = args.limit or 6000
-        path, rows = RESULTS / f"iwae_cost-{backend}.json", cost(args)
+        path, rows = results / f"iwae_cost-{backend}.json", cost(args)
     else:
-        path, rows = RESULTS / "iwae_table.json", table(args)
+        path, rows = results / "iwae_table.json", table(args)
     path.write_text(json.dumps({"backend": backend, "device": str(jax.devices()[0]), "args": vars(args),
                                 "rows": rows}, indent=2) + "\n")
     print(f"wrote {path}")
