@@ -36,15 +36,14 @@ import jax
 import numpy as np
 
 from vaejax import validation
-from vaejax.batching import map_batches
 from vaejax.command import Command, OneLineParser
 from vaejax.config import Config
 from vaejax.data import IMAGE_PIXELS, IMAGE_SIDE, NUM_CLASSES
 from vaejax.errors import VaejaxError
-from vaejax.figures import ENCODE_BATCH, cell_extent, linear_grid_values, normal_grid_values, principal_plane
+from vaejax.figures import cell_extent, linear_grid_values, normal_grid_values, principal_plane
 from vaejax.generate import INTERPOLATION_STEPS, to_uint8
 from vaejax.models import AutoEncoder, decode, encode, images_to_float
-from vaejax.steps import full_precision
+from vaejax.steps import encode_in_batches, full_precision, make_mean_encoder
 
 PROG = "python -m vaejax.explore"
 GRID_POINTS = 14 * 14  # the figures' grids
@@ -119,11 +118,8 @@ class Explorer:
         # Reported pixels and codes at full float32 precision, as the figures and evaluation compute them.
         self.to_pixels = jax.jit(full_precision(
             lambda params, z, class_weights: jax.nn.sigmoid(decode(model, params, z, class_weights))))
-        self.to_means = jax.jit(full_precision(
-            lambda params, images, labels: encode(model, params, images_to_float(images), labels)[0]))
         self.to_code = jax.jit(full_precision(self.code_and_reconstruction))
-        self.test_means = map_batches(lambda images, labels: self.to_means(params, images, labels),
-                                      (test_images, test_labels), ENCODE_BATCH)
+        self.test_means = encode_in_batches(make_mean_encoder(model), params, test_images, test_labels)
         self.warm_up()
 
     def code_and_reconstruction(self, params, images, labels):

@@ -24,17 +24,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from vaejax.batching import map_batches  # noqa: E402
 from vaejax.config import Config  # noqa: E402
 from vaejax.data import IMAGE_SIDE, Dataset  # noqa: E402
-from vaejax.models import AutoEncoder, decode, encode, images_to_float  # noqa: E402
-from vaejax.steps import full_precision, seed_keys  # noqa: E402
+from vaejax.models import AutoEncoder, decode  # noqa: E402
+from vaejax.steps import encode_in_batches, full_precision, make_mean_encoder, seed_keys  # noqa: E402
 
 DPI = 100
 SAMPLE_GRID = 8
 SEED_GRID_VALUES = np.arange(-3, 4, 0.5)  # seed 000's linear 14x14 grid
 NORMAL_GRID_PROBABILITIES = np.linspace(0.05, 0.95, 14)  # Kingma & Welling's layout through the inverse CDF
-ENCODE_BATCH = 1000
 
 
 @dataclass
@@ -89,13 +87,11 @@ class RunFigures:
         # redraw (`python -m vaejax.plot`) must give the same picture on every backend.
         self.to_pixels = jax.jit(full_precision(lambda params, z, labels=None:
                                                 jax.nn.sigmoid(decode(model, params, z, labels))))
-        self.to_means = jax.jit(full_precision(
-            lambda params, images, labels: encode(model, params, images_to_float(images), labels)[0]
-        ))
+        self.to_means = make_mean_encoder(model)
 
     def test_means(self, params, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Latent means of many images, encoded in batches."""
-        return map_batches(lambda images, labels: self.to_means(params, images, labels), (images, labels), ENCODE_BATCH)
+        return encode_in_batches(self.to_means, params, images, labels)
 
     def write_epoch(self, epoch: int, params, history: list[dict]) -> EpochImages:
         """All figures of `epoch` (its number in the file names), drawn with `params`, and the

@@ -42,15 +42,29 @@ def loss_terms(
     """
     bce = bce_from_logits(logits, images)
     kl = jnp.zeros_like(bce) if std is None else gaussian_kl(mean, std)
-    count = jnp.maximum(weights.sum(), 1.0)
-    bce_mean = jnp.sum(bce * weights) / count
-    kl_mean = jnp.sum(kl * weights) / count
+    bce_mean, kl_mean = weighted_mean(bce, weights), weighted_mean(kl, weights)
     return {"loss": bce_mean + kl_mean, "bce": bce_mean, "kl": kl_mean}
+
+
+def weighted_mean(per_image: jax.Array, weights: jax.Array) -> jax.Array:
+    """The mean over the real images of a batch (weight 1; padding has weight 0)."""
+    return jnp.sum(per_image * weights) / jnp.maximum(weights.sum(), 1.0)
 
 
 def gaussian_log_density(z: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
     """log N(z; mean, diag(std^2)), summed over the last axis."""
     return -0.5 * jnp.sum(((z - mean) / std) ** 2 + 2.0 * jnp.log(std) + jnp.log(2.0 * jnp.pi), axis=-1)
+
+
+def log_importance_weights(decode_logits: Callable[[jax.Array], jax.Array], targets: jax.Array, z: jax.Array,
+                           mean: jax.Array, std: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """log w = log p(x|z) + log p(z) - log q(z|x) and log p(x|z), both (K, B), for draws `z` (K, B, d)
+    of the B images `targets` (B, P) under q = N(`mean`, `std`^2) (B, d)."""
+    samples, batch = z.shape[:2]
+    logits = decode_logits(z.reshape(samples * batch, -1))
+    log_likelihood = -bce_from_logits(logits, jnp.tile(targets, (samples, 1))).reshape(samples, batch)
+    prior = gaussian_log_density(z, jnp.zeros_like(z), jnp.ones_like(z))
+    return log_likelihood + prior - gaussian_log_density(z, mean, std), log_likelihood
 
 
 def importance_log_weights(
@@ -74,10 +88,7 @@ def importance_log_weights(
 
     def one_chunk(chunk_key):
         z = reparameterize(chunk_key, jnp.broadcast_to(mean, (chunk, *mean.shape)), std)  # (chunk, B, d)
-        logits = decode_logits(z.reshape(chunk * batch, -1))
-        log_likelihood = -bce_from_logits(logits, jnp.tile(targets, (chunk, 1))).reshape(chunk, batch)
-        prior = gaussian_log_density(z, jnp.zeros_like(z), jnp.ones_like(z))
-        return log_likelihood + prior - gaussian_log_density(z, mean, std), log_likelihood
+        return log_importance_weights(decode_logits, targets, z, mean, std)
 
     log_weights, log_likelihoods = jax.lax.map(one_chunk, jax.random.split(key, samples // chunk))
     return (log_weights.reshape(samples, batch).T, log_likelihoods.reshape(samples, batch).T)
@@ -114,20 +125,13 @@ def importance_terms(decode_logits: Callable[[jax.Array], jax.Array], targets: j
     `decode_logits` maps latents (K * B, d) to logits; `targets` (B, P) are the pixels, `mean` and
     `std` (B, d) the encoder's q.
     """
-    samples, batch = objective.samples, targets.shape[0]
-    z = reparameterize(key, jnp.broadcast_to(mean, (samples, *mean.shape)), std)  # (K, B, d)
-    tiled_targets = jnp.tile(targets, (samples, 1))
+    z = reparameterize(key, jnp.broadcast_to(mean, (objective.samples, *mean.shape)), std)  # (K, B, d)
 
     def log_weights(z, q_mean, q_std):
-        log_likelihood = -bce_from_logits(decode_logits(z.reshape(samples * batch, -1)), tiled_targets)
-        log_likelihood = log_likelihood.reshape(samples, batch)
-        prior = gaussian_log_density(z, jnp.zeros_like(z), jnp.ones_like(z))
-        return log_likelihood + prior - gaussian_log_density(z, q_mean, q_std), log_likelihood
-
-    count = jnp.maximum(weights.sum(), 1.0)
+        return log_importance_weights(decode_logits, targets, z, q_mean, q_std)
 
     def batch_mean(per_image):
-        return jnp.sum(per_image * weights) / count
+        return weighted_mean(per_image, weights)
 
     kl = batch_mean(gaussian_kl(mean, std))
     if objective.name == "elbo":
@@ -141,11 +145,10 @@ def importance_terms(decode_logits: Callable[[jax.Array], jax.Array], targets: j
     # DReG: q's parameters enter log w only through z; the decoder gets the IWAE gradient (weights
     # w~), the encoder the squared weights w~^2 along z. Scaling z's gradient by w~ (z's value is
     # unchanged) and weighting log w by w~ gives both from one surrogate.
-    frozen_mean, frozen_std = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(std)
-    log_w, log_likelihood = log_weights(jax.lax.stop_gradient(z), frozen_mean, frozen_std)
+    frozen_z, frozen_mean, frozen_std = (jax.lax.stop_gradient(array) for array in (z, mean, std))
+    log_w, log_likelihood = log_weights(frozen_z, frozen_mean, frozen_std)
     normalized = jax.lax.stop_gradient(jax.nn.softmax(log_w, axis=0))  # w~, (K, B)
     value = batch_mean(-iwae_bound(log_w.T))
-    frozen_z = jax.lax.stop_gradient(z)
     scaled_z = frozen_z + normalized[..., None] * (z - frozen_z)
     surrogate = batch_mean(-jnp.sum(normalized * log_weights(scaled_z, frozen_mean, frozen_std)[0], axis=0))
     loss = jax.lax.stop_gradient(value) + (surrogate - jax.lax.stop_gradient(surrogate))  # value: the bound's

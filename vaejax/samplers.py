@@ -26,12 +26,11 @@ from vaejax.batching import map_batches
 from vaejax.checkpoint import read_json, write_json
 from vaejax.data import Dataset
 from vaejax.errors import VaejaxError
-from vaejax.models import AutoEncoder, binarized_test_images, decode, encode, images_to_float
-from vaejax.steps import full_precision
+from vaejax.models import AutoEncoder, binarized_test_images, decode
+from vaejax.steps import encode_in_batches, make_mean_encoder
 
 MAX_COMPONENTS = 1000  # far beyond what helps at any latent size; keeps a typo from a day-long fit
 DEFAULT_FIT_CODES = 20_000
-ENCODE_BATCH = 1000
 DECODE_BATCH = 1000
 SAMPLER_DIR = "samplers"
 FIT_VERSION = 1  # bump when the EM or the file changes, so cached fits are refitted
@@ -214,15 +213,13 @@ def prior_sampler(model: AutoEncoder) -> Sampler:
     return Sampler(SamplerSpec("prior"), standard_normal(model.encoder.latent_dim))
 
 
-@full_precision
-def latent_means(model: AutoEncoder, params, images: np.ndarray, labels: np.ndarray, binarize: bool = False,
-                 batch_size: int = ENCODE_BATCH) -> np.ndarray:
+def latent_means(model: AutoEncoder, params, images: np.ndarray, labels: np.ndarray, binarize: bool = False
+                 ) -> np.ndarray:
     """Latent means (N, d) of uint8 images (N, 28, 28), at full float32 precision. `binarize`: the fixed
     binarization evaluation uses, for runs trained on dynamically binarized images."""
     if binarize:
         images = binarized_test_images(images)
-    to_means = jax.jit(lambda images, labels: encode(model, params, images_to_float(images), labels)[0])
-    return map_batches(to_means, (images, np.asarray(labels, np.int32)), batch_size)
+    return encode_in_batches(make_mean_encoder(model), params, images, labels)
 
 
 def decode_latents(model: AutoEncoder, params, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:

@@ -18,6 +18,7 @@ import optax
 from flax import struct
 from jax.sharding import NamedSharding
 
+from vaejax.batching import map_batches
 from vaejax.data import IMAGE_PIXELS
 from vaejax.losses import Objective, importance_terms, loss_terms
 from vaejax.models import AutoEncoder, binarize_pixels, decode, encode, images_to_float, init_params
@@ -284,6 +285,22 @@ def full_precision(function):
             return function(*args, **kwargs)
 
     return traced
+
+
+ENCODE_BATCH = 1000  # images per compiled call when a whole set is encoded
+
+
+def make_mean_encoder(model: AutoEncoder):
+    """Compiled (params, uint8 images, labels) -> latent means, at METRIC_PRECISION: the codes that the
+    figures and the explorer show and the samplers are fitted to."""
+    return jax.jit(full_precision(
+        lambda params, images, labels: encode(model, params, images_to_float(images), labels)[0]))
+
+
+def encode_in_batches(mean_encoder, params, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The latent means (N, d) of many images by `mean_encoder` (`make_mean_encoder`), ENCODE_BATCH at
+    a time (one shape, one compile)."""
+    return map_batches(lambda images, labels: mean_encoder(params, images, labels), (images, labels), ENCODE_BATCH)
 
 
 def make_eval_step(model: AutoEncoder, batch_sharding: NamedSharding | None = None, micro_batches: int = 1):
