@@ -21,9 +21,9 @@ BINARIZATIONS = ("none", "dynamic")
 LOOPS = ("auto", "step", "scan", "unrolled")
 DATASET_NAME = re.compile(r"[a-z][a-z0-9_]*(/[a-z0-9_.]+)?(:[0-9.*]+)?")  # TFDS's name[/config][:version]
 MAX_TRAIN_IMAGES = 2**24  # far above any MNIST-like set (EMNIST: 697,932), below where float32 counts lose 1s
-MAX_TEST_IMAGES_SHOWN = 100
+MAX_TEST_IMAGES_SHOWN = 100  # the reconstruction figure; drawing grows with it
 MAX_TRAIN_SAMPLES = 5000  # the largest k of the papers; memory bounds it further (vaejax.training)
-VARIATIONAL_MODELS = ("conv_vae", "conv_cvae", "mlp_vae")  # the reconstruction figure; drawing grows with it
+VARIATIONAL_MODELS = ("conv_vae", "conv_cvae", "mlp_vae")
 
 # The seeds' settings: seed 000 (TF1 conv VAE) and seed 003 (Keras dense AE, Keras' default batch).
 MODEL_DEFAULTS = {

@@ -2,8 +2,9 @@
 
 Writes N images decoded from z drawn by a sampler (the prior N(0, I) of a VAE, or a Gaussian mixture
 fitted to the training codes, which also serves a plain autoencoder) as IDX (readable by any MNIST
-loader), NPZ and a PNG sheet; a conditional model (`conv_cvae`) also writes their labels (`--labels`). Also draws latent
-interpolation strips between pairs of test digits. Seeded: the same command writes the same bytes.
+loader), NPZ and a PNG sheet; a conditional model (`conv_cvae`) also writes their labels
+(`--labels`). Also draws latent interpolation strips between pairs of test digits. Seeded: the same
+command writes the same bytes.
 """
 
 from __future__ import annotations
