@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 
@@ -5,19 +6,39 @@ import jax
 import pytest
 from conftest import run_cli
 
-from vaejax.cli import build_parser, main
-
-FLAGS = ["--model", "--dataset", "--data_dir", "--latent_dim", "--epochs", "--batch_size",
-         "--learning_rate", "--seed", "--workdir", "--resume", "--inputs_decoder",
-         "--test_image_number", "--plot_latent", "--limit", "--nondeterministic", "--loop", "--overwrite", "--binarize",
-         "--micro_batches"]
+from vaejax.cli import Launch, build_parser, main
+from vaejax.config import Config
 
 
-def test_help_documents_every_flag():
-    text = build_parser().format_help()
-    for flag in FLAGS:
-        assert flag in text
-    assert "conv_vae 20, conv_cvae 20, dense_ae 10" in " ".join(text.split())  # per-model defaults from the seeds
+def option_actions():
+    return [action for action in build_parser()._actions if action.option_strings and action.dest != "help"]
+
+
+def test_every_config_field_is_one_documented_flag_with_config_s_default():
+    """Flags come from Config: a field without a flag, a flag without help, or a default written twice fails."""
+    actions = option_actions()
+    launch_fields = {field.name for field in dataclasses.fields(Launch)}
+    by_dest = {}
+    for action in actions:
+        assert action.help and action.help.strip(), f"{action.option_strings} has no help"
+        by_dest.setdefault(action.dest, []).append(action)
+    config_fields = {field.name: field for field in dataclasses.fields(Config)}
+    assert set(by_dest) == set(config_fields) | launch_fields  # no flag outside Config and Launch
+    parsed = vars(build_parser().parse_args([]))
+    for name, field in config_fields.items():
+        assert parsed[name] == field.default, f"--{name}'s default is not Config's"
+    text = " ".join(build_parser().format_help().split())
+    for action in actions:
+        for flag in action.option_strings:
+            assert flag in text
+    assert "conv_vae 20, conv_cvae 20, dense_ae 10" in text  # per-model defaults from the seeds
+
+
+def test_the_property_test_draws_every_flag_of_train_py():
+    from test_flag_ranges import TRAIN_SWITCHES, train_flags
+
+    drawn = set(train_flags({"folder": "/tmp"})) | set(TRAIN_SWITCHES)
+    assert drawn == {flag for action in option_actions() for flag in action.option_strings}
 
 
 @pytest.mark.parametrize(("args", "message"), [

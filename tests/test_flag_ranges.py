@@ -103,10 +103,9 @@ def assert_seed(seed: int):
     assert 0 <= seed < 2**64
 
 
-@PROPERTY
-@given(data=st.data())
-def test_train_py_accepts_only_valid_flags(paths, data):
-    flags = {
+def train_flags(paths) -> dict:
+    """Every valued flag of train.py, with the values its property test draws."""
+    return {
         "--model": choice_of("conv_vae", "conv_cvae", "dense_ae", "mlp_vae"),
         "--dataset": choice_of("mnist", "fashion-mnist", "kmnist", "emnist/letters"),
         "--data_dir": path_values(paths), "--workdir": path_values(paths),
@@ -121,8 +120,16 @@ def test_train_py_accepts_only_valid_flags(paths, data):
                                            ARGV_TEXT),
         "--num_processes": integers_as_text(), "--process_id": integers_as_text(),
     }
-    switches = ("--resume", "--overwrite", "--plot_latent", "--no-plot_latent", "--tensorboard",
-                "--no-tensorboard", "--nondeterministic", "--deterministic", "--distributed")
+
+
+TRAIN_SWITCHES = ("--resume", "--overwrite", "--plot_latent", "--no-plot_latent", "--tensorboard",
+                  "--no-tensorboard", "--nondeterministic", "--deterministic", "--distributed")
+
+
+@PROPERTY
+@given(data=st.data())
+def test_train_py_accepts_only_valid_flags(paths, data):
+    flags, switches = train_flags(paths), TRAIN_SWITCHES
     options = assert_accepted_or_one_line(cli.COMMAND, data.draw(argument_vectors(flags, switches)))
     if options is None:
         return

@@ -22,6 +22,7 @@ def test_default_flags_give_the_same_bits_on_a_gpu(tmp_path):
     assert params_digest(tmp_path / "a") == params_digest(tmp_path / "b")
     environment = json.loads((tmp_path / "a" / "config.json").read_text())["environment"]
     assert environment["backend"] == "gpu" and environment["deterministic_kernels"]
+    assert "--xla_gpu_deterministic_ops=true" in environment["xla_flags"].split()  # the flag itself, not a claim
     assert environment["loop"] == "scan" and environment["micro_batches"] == 1
 
 

@@ -1,7 +1,7 @@
 import jax.numpy as jnp
 import numpy as np
 
-from vaejax.losses import bce_from_logits, gaussian_kl, loss_terms
+from vaejax.losses import bce_from_logits, gaussian_kl, iwae_bound, loss_terms
 
 
 def hand_bce(logits, targets):
@@ -52,3 +52,11 @@ def test_padding_weights_leave_the_real_images_mean():
     real = loss_terms(logits[:2], images[:2], mean[:2], std[:2], jnp.ones(2))
     for name in ("loss", "bce", "kl"):
         np.testing.assert_allclose(padded[name], real[name], rtol=1e-6)
+
+
+def test_the_iwae_bound_is_the_log_mean_of_the_weights():
+    rng = np.random.default_rng(1)
+    log_weights = rng.normal(-100.0, 3.0, (4, 50))
+    expected = np.log(np.mean(np.exp(log_weights + 100.0), axis=-1)) - 100.0  # shifted: exp(-100) underflows less
+    np.testing.assert_allclose(iwae_bound(jnp.asarray(log_weights, jnp.float32)), expected, rtol=1e-5)
+    np.testing.assert_allclose(iwae_bound(jnp.full((2, 7), -3.5)), [-3.5, -3.5], rtol=1e-6)  # equal weights: w itself

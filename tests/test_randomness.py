@@ -71,7 +71,7 @@ def distinct(arrays) -> int:
 @pytest.mark.parametrize(("loop", "micro_batches"), [("step", 1), ("step", 2), ("scan", 1)])
 def test_every_step_draws_new_noise_and_every_epoch_a_new_order_over_every_image(
         monkeypatch, tmp_path, small_mnist, loop, micro_batches):
-    draws, result = train_and_record(monkeypatch, tmp_path, small_mnist, loop=loop, micro_batches=micro_batches)
+    draws, _ = train_and_record(monkeypatch, tmp_path, small_mnist, loop=loop, micro_batches=micro_batches)
     steps_per_epoch, epochs = 4, 2
 
     noise, eval_noise = split_by_batch_size(draws.noise, micro_batches)
@@ -96,7 +96,35 @@ def test_every_step_draws_new_noise_and_every_epoch_a_new_order_over_every_image
     assert per_epoch == micro_batches  # 300 test images: one padded batch of 1000
     for first, second in zip(eval_noise[:per_epoch], eval_noise[per_epoch:], strict=True):
         np.testing.assert_array_equal(first, second)  # the evaluation sees the same noise every epoch
-    assert result.history[0]["test"] != result.history[1]["test"]
+
+
+def test_every_draw_is_the_documented_key_tree_of_the_seed(monkeypatch, tmp_path, small_mnist):
+    """The exact streams, rebuilt from `--seed` alone as README's Reproducibility section describes:
+    root key -> (init, train, eval, sample); each epoch's key -> (next epoch's, shuffle, step key);
+    step s draws from fold_in(step key, s); test batch b from fold_in(eval key, b)."""
+    seed, epochs, steps_per_epoch = 5, 2, 4
+    draws, _ = train_and_record(monkeypatch, tmp_path, small_mnist, seed=seed, loop="step", micro_batches=1)
+    noise, eval_noise = split_by_batch_size(draws.noise)
+    batches, _ = split_by_batch_size([indices for indices, _ in draws.batches])
+
+    init, train_key, eval_key, _ = jax.random.split(jax.random.key(seed), 4)
+    rng, expected_noise, expected_orders = train_key, [], []
+    for _ in range(epochs):
+        rng, shuffle_key, step_key = jax.random.split(rng, 3)
+        expected_orders.append(np.asarray(jax.random.permutation(shuffle_key, TRAIN_IMAGES)))
+        expected_noise += [jax.random.normal(jax.random.fold_in(step_key, step), (BATCH, 2))
+                           for step in range(steps_per_epoch)]
+    for drawn, expected in zip(noise, expected_noise, strict=True):
+        np.testing.assert_array_equal(drawn, expected)
+    for epoch, order in enumerate(expected_orders):
+        drawn_order = np.concatenate(batches[epoch * steps_per_epoch:(epoch + 1) * steps_per_epoch])
+        np.testing.assert_array_equal(drawn_order[:TRAIN_IMAGES], order)
+    expected_eval = jax.random.normal(jax.random.fold_in(eval_key, 0), (steps.EVAL_BATCH_SIZE, 2))
+    np.testing.assert_array_equal(eval_noise[0], expected_eval)
+    np.testing.assert_array_equal(eval_noise[-1], expected_eval)
+    run_keys = steps.seed_keys(seed)
+    for stream, expected in zip(("init", "train", "eval"), (init, train_key, eval_key), strict=True):
+        np.testing.assert_array_equal(jax.random.key_data(getattr(run_keys, stream)), jax.random.key_data(expected))
 
 
 def test_another_seed_changes_every_stream(monkeypatch, tmp_path, small_mnist):

@@ -182,7 +182,9 @@ def test_loop_auto_is_the_epoch_scan_on_accelerators_and_the_measured_loop_on_cp
     for backend in ("gpu", "tpu"):
         assert {choose_loop("auto", model, backend) for model in ("conv_vae", "conv_cvae", "dense_ae")} == {"scan"}
     assert choose_loop("auto", "conv_vae", "cpu") == "step" and choose_loop("auto", "dense_ae", "cpu") == "scan"
-    assert choose_loop("unrolled", "conv_vae", "gpu") == "unrolled"
+    # an explicit --loop wins over the measurement, in both directions
+    assert choose_loop("step", "dense_ae", "cpu") == "step" and choose_loop("scan", "conv_vae", "cpu") == "scan"
+    assert choose_loop("step", "conv_vae", "gpu") == "step"
 
 
 def test_evaluation_in_one_scan_equals_a_call_per_batch(small_mnist):
