@@ -58,7 +58,8 @@ def server(explorer):
 def call(server, path: str, body=None) -> tuple[int, dict]:
     """(status, JSON answer) of a GET (no body) or a POST (a JSON-able body, or raw bytes)."""
     data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(server.url + path.lstrip("/"), data=data, method="GET" if data is None else "POST")
+    request = urllib.request.Request(server.url + path.lstrip("/"), data=data, method="GET" if data is None else "POST",
+                                     headers={} if data is None else {"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.load(response)
