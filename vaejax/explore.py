@@ -137,6 +137,7 @@ def number_literal(text: str, kind: type) -> int | float:
 
 
 def not_a_number(text: str):
+    """What json reads for NaN, Infinity and -Infinity: a refusal."""
     raise BadRequest(f"numbers must be finite, got {text}")
 
 
@@ -405,12 +406,14 @@ def asset(name: str) -> bytes:
 
 
 def host_key(name: str) -> str:
-    """A host name as compared: an IP address in its one canonical form, any other name in lower case."""
-    name = name.removeprefix("[").removesuffix("]")
+    """A host name as compared: an IP address in its one canonical form (IPv6 in brackets in a URL),
+    any other name in lower case."""
     try:
+        if name.startswith("["):
+            return ipaddress.IPv6Address(name[1:-1]).compressed
         return ipaddress.ip_address(name).compressed
     except ValueError:
-        return name.lower()
+        return "" if name.startswith("[") else name.lower()
 
 
 AUTHORITY = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\[\]:@/]+)(?::([0-9]{1,5}))?")
@@ -496,7 +499,7 @@ class Access:
             name, _, value = part.strip().partition("=")
             if name == self.cookie and secrets.compare_digest(value.encode(), expected):
                 return None
-        raise BadRequest(f"this server listens beyond this machine ({self.host}): open the address it printed, "
+        raise BadRequest(f"this server listens on {self.host}, not loopback: open the address it printed, "
                          "with its ?token=", HTTPStatus.FORBIDDEN)
 
 
@@ -682,9 +685,9 @@ def serve(options: ExploreOptions) -> None:
     server = ExplorerServer(options.host, options.port)
     try:
         server.explorer = load_explorer(options.workdir)
-        reach = ("" if server.access.token is None else
-                 "; listening beyond this machine, so every request needs the token in this address")
-        print(f"exploring {options.workdir} at {server.url}  (Ctrl-C stops{reach})", flush=True)
+        token = ("" if server.access.token is None else
+                 f"; --host is not {', '.join(LOOPBACK_HOSTS)}, so every request needs the token in this address")
+        print(f"exploring {options.workdir} at {server.url}  (Ctrl-C stops{token})", flush=True)
         server.serve_forever()
     finally:
         server.server_close()
@@ -694,7 +697,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0].split(": ", 1)[1])
     parser.add_argument("--workdir", required=True, help="work directory of a finished run")
     parser.add_argument("--host", default=ExploreOptions.host,
-                        help="address to listen on (default: %(default)s, this machine only)")
+                        help="address to listen on (default: %(default)s, this machine only; any other than "
+                             "127.0.0.1, localhost or ::1 needs the token printed in the address)")
     parser.add_argument("--port", type=int, default=ExploreOptions.port,
                         help="port to listen on; 0 picks a free one (default: %(default)s)")
     return parser
