@@ -6,7 +6,8 @@ a trained `conv_cvae` with every class equally often, and (3) both together; eac
 real test set. Prints a table and writes benchmarks/results/augmentation-<model>-z<latent>.json.
 
     python train.py --model conv_cvae --latent_dim 8 --epochs 10
-    python benchmarks/augmentation.py --workdir runs/conv_cvae-mnist-z8-s0
+    python benchmarks/augmentation.py --workdir runs/conv_cvae-mnist-z8-s0 [--out FILE]
+    python benchmarks/augmentation.py --smoke     # seconds: a one-epoch conv_cvae, two classifiers on 64 images
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import smoke  # noqa: E402
+from benchmarks.provenance import provenance  # noqa: E402
 from vaejax.checkpoint import load_finished_run  # noqa: E402
 from vaejax.classifier import CLASSIFIER_EPOCHS, cached_classifier, train_classifier  # noqa: E402
 from vaejax.data import load_dataset  # noqa: E402
@@ -30,9 +33,9 @@ from vaejax.samplers import prior_sampler  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", required=True, help="a finished conv_cvae run")
+    parser.add_argument("--workdir", default=None, help="a finished conv_cvae run (required unless --smoke)")
     parser.add_argument("--count", type=int, default=None, help="generated images (default: as many as real)")
     parser.add_argument("--epochs", type=int, default=CLASSIFIER_EPOCHS, help="classifier epochs")
     parser.add_argument("--seed", type=int, default=0)
@@ -41,10 +44,30 @@ def main() -> None:
                         help="which training sets to score (default: all three)")
     parser.add_argument("--classifier_dir", default="runs/classifiers",
                         help="the cache of `vaejax.evaluate`: the classifier on real data is the same one")
-    args = parser.parse_args()
+    parser.add_argument("--out", default=None,
+                        help="JSON (default: benchmarks/results/augmentation-<model>-z<latent>.json)")
+    smoke.add_flag(parser)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = smoke.parse_args(parser, argv, {"limit": smoke.IMAGES, "count": smoke.IMAGES, "epochs": 1,
+                                           "classifier_dir": None, "sets": ["real", "generated"]})
+    if args.workdir is None and not args.smoke:
+        parser.error("--workdir is required (a finished conv_cvae run)")
+    with smoke.scratch() as work:
+        if args.smoke:
+            args.workdir = args.workdir or smoke.tiny_run(Path(work) / "run", "conv_cvae")
+            args.classifier_dir = args.classifier_dir or Path(work) / "classifiers"
+        measure(args, argv)
+
+
+def measure(args: argparse.Namespace, argv: list[str] | None) -> None:
     config, model, params, history = load_finished_run(Path(args.workdir))
     dataset = load_dataset(config.dataset, config.data_dir).limited(args.limit)
+    if args.smoke:
+        dataset = smoke.small_test_set(dataset)
     count = args.count or len(dataset.train_images)
     labels = balanced_labels(count)
     started = time.perf_counter()
@@ -77,12 +100,15 @@ def main() -> None:
                     "vae_epochs": history[-1]["epoch"], "classifier_epochs": args.epochs, "seed": args.seed,
                     "backend": jax.default_backend()},
         "results": rows,
+        "provenance": provenance(__file__, argv),  # of this call; rows kept from earlier calls have their own
     }
-    path = RESULTS / f"augmentation-{config.model}-z{config.latent_dim}.json"
+    path = smoke.out_path(args, RESULTS / f"augmentation-{config.model}-z{config.latent_dim}.json",
+                          "augmentation.json")
     if path.exists():  # rows measured earlier in the same setting (another --sets) are kept
         earlier = json.loads(path.read_text())
         if earlier["setting"] == record["setting"]:
             record["results"] = earlier["results"] | rows
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {path}")
 

@@ -1,7 +1,7 @@
 """Bitwise reproducibility and what it costs: the same training run repeated with the default
 (deterministic GPU kernels) and with `--nondeterministic`, compared by the SHA-256 of its params.msgpack.
 
-    python benchmarks/determinism.py [--model conv_vae] [--epochs 3] [--limit N] [--runs 2] [--out FILE]
+    python benchmarks/determinism.py [--model conv_vae] [--epochs 3] [--limit N] [--runs 2] [--out FILE] [--smoke]
 
 Each run is `python train.py` in its own process, so that the XLA flag is set (or left out) before
 JAX starts. Printed per mode: whether the runs' parameters are byte-identical, and the median
@@ -23,6 +23,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks import smoke  # noqa: E402
+from benchmarks.provenance import provenance  # noqa: E402
+
 MODES = {"deterministic": [], "nondeterministic": ["--nondeterministic"]}
 
 
@@ -33,21 +37,28 @@ def train_once(workdir: Path, model: str, epochs: int, limit: int | None, extra:
         command += ["--limit", str(limit)]
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if result.returncode != 0:
-        sys.exit(f"determinism.py: {' '.join(command[1:])} failed: {result.stderr.strip().splitlines()[-1]}")
+        sys.exit(f"determinism.py: {' '.join(command[1:])} failed: {(result.stderr.strip() or 'no output')[-2000:]}")
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     return {"sha256": hashlib.sha256((workdir / "params.msgpack").read_bytes()).hexdigest(),
             "epoch_seconds": [record["seconds"] for record in records],
             "backend_line": result.stdout.splitlines()[0]}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="conv_vae")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--limit", type=int, default=None, help="first N training images (default: all)")
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--out", default=None, help="JSON (default: benchmarks/results/determinism-<backend>.json)")
-    args = parser.parse_args()
+    smoke.add_flag(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    # dense_ae: conv_vae's batch of 128 is more than the smoke run's images
+    args = smoke.parse_args(parser, argv, {"model": "dense_ae", "epochs": 2, "limit": smoke.IMAGES})
     if args.epochs < 2 or args.runs < 2:
         parser.error("--epochs and --runs must be at least 2 (the first epoch compiles; a hash needs a twin)")
 
@@ -70,7 +81,8 @@ def main() -> None:
     results["modes_agree"] = modes["deterministic"]["sha256"][0] == modes["nondeterministic"]["sha256"][0]
 
     backend = results["backend"].split("backend ")[-1].split(":")[0]
-    out = Path(args.out or ROOT / f"benchmarks/results/determinism-{backend}.json")
+    results["provenance"] = provenance(__file__, argv)
+    out = smoke.out_path(args, ROOT / f"benchmarks/results/determinism-{backend}.json", "determinism.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(results["backend"])

@@ -1,7 +1,8 @@
 """Pointer-to-paint latency of `python -m vaejax.explore`, measured in the page of a real browser.
 
     python benchmarks/explore_latency.py [--workdir runs/conv_vae-mnist-z2-s0] [--moves 400]
-        [--screenshot figures/explorer.png]
+        [--screenshot figures/explorer.png] [--out FILE]
+    python benchmarks/explore_latency.py --smoke   # seconds: a one-epoch mlp_vae, 5 moves
 
 Starts the explorer as a user would (its own process, a free port), loads the page in headless
 chromium (Debian's `/usr/bin/chromium`, driven by Playwright) and moves the pointer over the plane
@@ -14,7 +15,6 @@ the grid on, a drawn digit, an interpolation strip and prior samples.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
@@ -27,6 +27,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks import smoke  # noqa: E402
+from benchmarks.provenance import provenance  # noqa: E402
+
 TARGET_MS = {"median": 30.0, "p95": 60.0}
 WARM_UP_MOVES = 30  # the first moves open the connection; not measured
 
@@ -81,16 +85,32 @@ def stage_screenshot(page, path: Path) -> None:
     print(f"wrote {path}")
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs/conv_vae-mnist-z2-s0", help="a finished run")
     parser.add_argument("--moves", type=int, default=400, help="pointer moves measured (default: %(default)s)")
+    parser.add_argument("--warm_up_moves", type=int, default=WARM_UP_MOVES,
+                        help="moves before the measured ones, not measured (default: %(default)s)")
     parser.add_argument("--interval_ms", type=float, default=16.0,
                         help="time between pointer moves, a 60 Hz mouse (default: %(default)s)")
     parser.add_argument("--chromium", default="/usr/bin/chromium", help="the browser (default: %(default)s)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/explore_latency.json"))
+    parser.add_argument("--out", default=None, help="JSON (default: benchmarks/results/explore_latency.json)")
     parser.add_argument("--screenshot", default=None, help="also save the page in use as this PNG")
-    args = parser.parse_args()
+    smoke.add_flag(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = smoke.parse_args(parser, argv, {"workdir": None, "moves": 5, "warm_up_moves": 3},
+                            outputs=("out", "screenshot"))
+    with smoke.scratch() as work:
+        if args.workdir is None:
+            args.workdir = str(smoke.tiny_run(Path(work) / "run", "mlp_vae"))
+        measure(args, argv)
+
+
+def measure(args: argparse.Namespace, argv: list[str] | None) -> None:
     from playwright.sync_api import sync_playwright
 
     load_at_start = os.getloadavg()
@@ -102,7 +122,7 @@ def main() -> None:
             page.goto(url)
             page.wait_for_function("window.explorer.ready", timeout=60_000)
             info = page.evaluate("fetch('/api/info').then(answer => answer.json())")
-            move_over_plane(page, lissajous(WARM_UP_MOVES, 480)[::-1], args.interval_ms)
+            move_over_plane(page, lissajous(args.warm_up_moves, 480)[::-1], args.interval_ms)
             page.evaluate("window.explorer.latencies.length = 0; window.explorer.moves = 0")
             move_over_plane(page, lissajous(args.moves, 480), args.interval_ms)
             latencies = np.asarray(page.evaluate("window.explorer.latencies"))
@@ -115,19 +135,19 @@ def main() -> None:
         server.wait()
     result = {
         "what": "pointer move to decoded image painted, measured in the page (ms)",
-        "command": "python benchmarks/explore_latency.py " + " ".join(sys.argv[1:]),
         "workdir": args.workdir, "model": info["model"], "latent_dim": info["latent_dim"],
         "pointer_moves": args.moves, "pointer_events_measured": int(latencies.size),
         "interval_ms": args.interval_ms,
         "median_ms": round(float(np.median(latencies)), 2), "p95_ms": round(float(np.percentile(latencies, 95)), 2),
         "mean_ms": round(float(latencies.mean()), 2), "max_ms": round(float(latencies.max()), 2),
-        "target_ms": TARGET_MS, "cpu_count": os.cpu_count(), "load_average_at_start": load_at_start,
-        "chromium": chromium, "playwright": metadata.version("playwright"), "jax": metadata.version("jax"),
-        "date": datetime.date.today().isoformat(),
+        "target_ms": TARGET_MS, "load_average_at_start": load_at_start,
+        "chromium": chromium, "playwright": metadata.version("playwright"), "provenance": provenance(__file__, argv),
     }
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    out = smoke.out_path(args, ROOT / "benchmarks/results/explore_latency.json", "explore_latency.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{info['model']} latent {info['latent_dim']}: {latencies.size} pointer events, pointer to paint "
-          f"median {result['median_ms']:.1f} ms, p95 {result['p95_ms']:.1f} ms (targets 30 and 60); wrote {args.out}")
+          f"median {result['median_ms']:.1f} ms, p95 {result['p95_ms']:.1f} ms (targets 30 and 60); wrote {out}")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,26 @@
 # `pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl tensorboardX==2.6.5`).
 # The steps share one 570-second budget, most important first; a step that would overrun is cut
 # (its partial output is kept). Not yet run on a GPU: no GPU was lent to the sessions that wrote it.
+# A dry run on any machine checks, in seconds, that every command below would parse, running none:
+#     bash benchmarks/gpu_session.sh --dry-run      # or DRY_RUN=1; exit 1 if one would not parse
+# It puts a `python3` first on PATH that hands its arguments to benchmarks/parse_only.py (which
+# parses a benchmark's or train.py's flags, compiles `-c` code, skips pytest and pip) and an
+# `nvidia-smi` that only says it is skipped; its logs go to a temporary folder (or $OUT).
 set -uo pipefail
-out=${OUT:-benchmarks/results}
+dry_run=${DRY_RUN:-}
+[ "${1:-}" = "--dry-run" ] && dry_run=1
+if [ -n "$dry_run" ]; then
+    shims=$(mktemp -d)
+    trap 'rm -rf "$shims"' EXIT
+    printf '#!/bin/sh\nexec "%s" "%s/benchmarks/parse_only.py" "$@"\n' "${PYTHON:-$(command -v python3)}" "$PWD" \
+        > "$shims/python3"
+    printf '#!/bin/sh\necho "dry run: nvidia-smi: skipped"\n' > "$shims/nvidia-smi"
+    chmod +x "$shims/python3" "$shims/nvidia-smi"
+    export PATH="$shims:$PATH" PARSE_ONLY_FAILURES="$shims/failures"
+    out=${OUT:-$shims/out}
+else
+    out=${OUT:-benchmarks/results}
+fi
 mkdir -p "$out"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 if ls .whl/*.whl > /dev/null 2>&1; then
@@ -38,7 +56,7 @@ for run in a b; do
     cp "/tmp/main-$run/metrics.jsonl" "$out/main-job-$run-metrics.jsonl" 2>/dev/null
 done
 cp /tmp/main-a/config.json "$out/main-job-config.json" 2>/dev/null
-sha256sum /tmp/main-a/params.msgpack /tmp/main-b/params.msgpack | tee -a "$out/main-job.txt"
+sha256sum /tmp/main-a/params.msgpack /tmp/main-b/params.msgpack 2>&1 | tee -a "$out/main-job.txt"
 
 step "bitwise repeatability and the cost of deterministic kernels"
 timeout "$(left)" python3 benchmarks/determinism.py --model conv_vae --epochs 3 --out "$out/determinism-gpu.json" \
@@ -53,15 +71,23 @@ timeout "$(left)" python3 benchmarks/main_job.py --limit 0 --out "$out/main_job-
     | tee "$out/main_job-gpu.txt"
 
 step "loop structure"
-timeout "$(left)" python3 benchmarks/loop_structure.py --steps 100 --micro_batches 1 2 2>&1 \
-    | tee "$out/loop_structure-gpu.txt"
+timeout "$(left)" python3 benchmarks/loop_structure.py --steps 100 --micro_batches 1 2 \
+    --out "$out/loop_structure-gpu.json" 2>&1 | tee "$out/loop_structure-gpu.txt"
 
 step "cost per epoch of each training objective (mlp_vae, all 60,000 images; at most 100 s)"
 timeout "$(( $(left) < 100 ? $(left) : 100 ))" python3 benchmarks/iwae_table.py --cost --limit 60000 \
-    --runs /tmp/iwae --results "$out" 2>&1 | tail -9 | tee "$out/iwae_cost-gpu.txt"
+    --runs /tmp/iwae --out "$out/iwae_cost-gpu.json" 2>&1 | tail -9 | tee "$out/iwae_cost-gpu.txt"
 
 step "test suite on the GPU"
 parallel=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
 timeout "$(left)" python3 -m pytest -q --no-header -p no:cacheprovider $parallel 2>&1 | tail -40 > "$out/pytest-gpu.txt"
 tail -3 "$out/pytest-gpu.txt"
 step "done"
+if [ -n "$dry_run" ]; then
+    if [ -s "$PARSE_ONLY_FAILURES" ]; then
+        echo "dry run: these commands would not parse:"
+        cat "$PARSE_ONLY_FAILURES"
+        exit 1
+    fi
+    echo "dry run: every command parses"
+fi

@@ -5,10 +5,11 @@
     python benchmarks/iwae_table.py                       # the whole table (days on a CPU; a GPU run)
     python benchmarks/iwae_table.py --epochs 4 --iw_samples 100 --eval_limit 1000   # a quick look
     python benchmarks/iwae_table.py --cost --limit 6000   # seconds per epoch of each objective
+    python benchmarks/iwae_table.py --smoke [--cost]      # seconds: one row (one objective) on 64 images
 
 Each row trains with `train.py` (resumable: rerun to continue an interrupted row) and evaluates
-with `python -m vaejax.evaluate`; the paper's number is printed beside ours. Results go to
-benchmarks/results/iwae_table.json (or iwae_cost-<backend>.json with --cost).
+with `python -m vaejax.evaluate`; the paper's number is printed beside ours. Results go to `--out`,
+by default benchmarks/results/iwae_table.json (or iwae_cost-<backend>.json with --cost).
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks import smoke  # noqa: E402
+from benchmarks.provenance import provenance  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 # -log p(x) in nats, k = 5000 (Burda et al. 2016, Table 1, one stochastic layer).
 PAPER = {"vae": 86.76, "iwae_k5": 85.54, "iwae_k50": 84.78}
@@ -72,7 +77,8 @@ def table(args) -> dict:
 def cost(args) -> dict:
     """Seconds of the second epoch (compiled, warm) of each objective, from the run's metrics."""
     rows = {}
-    for name, (objective, samples) in COST_ROWS.items():
+    for name in args.cost_rows:
+        objective, samples = COST_ROWS[name]
         workdir = Path(args.runs) / f"cost-{name}"
         flags = [*PAPER_FLAGS, "--objective", objective, "--train_samples", str(samples), "--epochs", "2",
                  "--workdir", str(workdir), "--overwrite", "--limit", str(args.limit)]
@@ -87,7 +93,7 @@ def cost(args) -> dict:
     return rows
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), default=list(ROWS))
     parser.add_argument("--epochs", type=int, default=3280, help="passes over the training set (paper: 3280)")
@@ -98,20 +104,39 @@ def main() -> None:
                         help="gradient of the IWAE rows: the paper's (iwae) or DReG")
     parser.add_argument("--runs", default="runs/iwae_table", help="where the rows' work directories go")
     parser.add_argument("--cost", action="store_true", help="measure seconds per epoch of each objective instead")
-    parser.add_argument("--results", default=str(RESULTS), help="folder for the JSON (default: %(default)s)")
-    args = parser.parse_args()
+    parser.add_argument("--cost_rows", nargs="+", choices=list(COST_ROWS), default=list(COST_ROWS),
+                        help="--cost: the objectives measured (default: all; elbo_k1 is the base)")
+    parser.add_argument("--out", default=None, help="JSON (default: benchmarks/results/iwae_table.json, "
+                                                    "with --cost iwae_cost-<backend>.json)")
+    smoke.add_flag(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = smoke.parse_args(parser, argv, {"rows": ["iwae_k5"], "epochs": 1, "limit": smoke.IMAGES, "iw_samples": 2,
+                                           "eval_limit": smoke.IMAGES, "runs": None,
+                                           "cost_rows": ["elbo_k1"]})
+    if "elbo_k1" not in args.cost_rows:
+        parser.error("--cost_rows needs elbo_k1, the base the others are compared with")
+    with smoke.scratch() as work:
+        args.runs = args.runs or work
+        measure(args, argv)
+
+
+def measure(args: argparse.Namespace, argv: list[str] | None) -> None:
     import jax
 
     backend = jax.default_backend()
-    results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
     if args.cost:
         args.limit = args.limit or 6000
-        path, rows = results / f"iwae_cost-{backend}.json", cost(args)
+        default, rows = RESULTS / f"iwae_cost-{backend}.json", cost(args)
     else:
-        path, rows = results / "iwae_table.json", table(args)
+        default, rows = RESULTS / "iwae_table.json", table(args)
+    path = smoke.out_path(args, default, default.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"backend": backend, "device": str(jax.devices()[0]), "args": vars(args),
-                                "rows": rows}, indent=2) + "\n")
+                                "rows": rows, "provenance": provenance(__file__, argv)}, indent=2) + "\n")
     print(f"wrote {path}")
 
 

@@ -3,6 +3,7 @@ gradient, in XLA (vaejax) and in PyTorch, on the same shapes in the same run.
 
     python benchmarks/layer_profile.py [--batch 128] [--repeats 20] [--out FILE]
     taskset -c 0 python benchmarks/layer_profile.py     # one core for both
+    python benchmarks/layer_profile.py --smoke          # seconds: batch 4, one call per window
 
 Each layer of the seed 000 model at batch 128, each side as the models call it (XLA pads inside the
 convolution, as Flax does; PyTorch convolves an input padded beforehand, as the peer does), timed
@@ -11,7 +12,7 @@ alone: milliseconds per call (median of 5 windows of `--repeats` calls), then th
 not needed in training).
 PyTorch's backward pieces are aten.convolution_backward with only the input or only the weight
 requested. Both use every core the process may run on.
-Needs `pip install torch`.
+Needs `pip install torch` (`--smoke` without it times the XLA side alone).
 """
 
 from __future__ import annotations
@@ -20,12 +21,17 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import smoke  # noqa: E402
+from benchmarks.provenance import provenance  # noqa: E402
 
 # (name, input (B excluded) NHWC, TF SAME padding (before, after), kernel (kh, kw, in, out), stride, times per step)
 CONV_LAYERS = [
@@ -95,16 +101,29 @@ def torch_dense_parts(x, w, repeats: int) -> list[float]:
                 median_ms(lambda: cotangent.T @ x, repeats)]
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--out", default=f"benchmarks/results/layer_profile-{jax.default_backend()}"
-                                         f"-{len(os.sched_getaffinity(0))}cores.json")
-    args = parser.parse_args()
-    import torch
+    parser.add_argument("--out", default=None, help="JSON (default: benchmarks/results/"
+                                                    "layer_profile-<backend>-<cores>cores.json)")
+    smoke.add_flag(parser)
+    return parser
 
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = smoke.parse_args(parser, argv, {"batch": 4, "repeats": 1})
+    try:
+        import torch
+    except ModuleNotFoundError:
+        if not args.smoke:
+            parser.error("needs PyTorch (pip install torch); --smoke times the XLA side alone without it")
+        torch = None
+        print("layer_profile.py: the PyTorch side is skipped: torch is not installed")
+    cores = len(os.sched_getaffinity(0))
+    if torch is not None:
+        torch.set_num_threads(cores)
     rng = np.random.default_rng(0)
     rows = []
     for name, shape, pad, kernel, stride, count in CONV_LAYERS:
@@ -112,32 +131,39 @@ def main() -> None:
         w = rng.standard_normal(kernel, dtype=np.float32)
         ours = jax_parts(jax_conv(stride, pad), jnp.asarray(x), jnp.asarray(w), args.repeats)
         padded = np.pad(x, ((0, 0), pad, pad, (0, 0)))  # the PyTorch peer pads first too (F.pad)
-        theirs = torch_conv_parts(torch.from_numpy(padded.transpose(0, 3, 1, 2).copy()),
-                                  torch.from_numpy(w.transpose(3, 2, 0, 1).copy()), stride, args.repeats)
+        theirs = None if torch is None else torch_conv_parts(torch.from_numpy(padded.transpose(0, 3, 1, 2).copy()),
+                                                             torch.from_numpy(w.transpose(3, 2, 0, 1).copy()),
+                                                             stride, args.repeats)
         rows.append({"layer": name, "per_step": count, "xla_ms": ours, "torch_ms": theirs})
     for name, inputs, outputs, count in DENSE_LAYERS:
         x = rng.standard_normal((args.batch, inputs), dtype=np.float32)
         w = rng.standard_normal((inputs, outputs), dtype=np.float32)
         ours = jax_parts(jnp.dot, jnp.asarray(x), jnp.asarray(w), args.repeats)
-        theirs = torch_dense_parts(torch.from_numpy(x), torch.from_numpy(w.T.copy()), args.repeats)
+        theirs = None if torch is None else torch_dense_parts(torch.from_numpy(x), torch.from_numpy(w.T.copy()),
+                                                              args.repeats)
         rows.append({"layer": name, "per_step": count, "xla_ms": ours, "torch_ms": theirs})
 
-    print(f"JAX {jax.__version__} ({jax.default_backend()}) vs PyTorch {torch.__version__} with "
-          f"{torch.get_num_threads()} threads; {len(os.sched_getaffinity(0))} cores; batch {args.batch}; "
+    peer = "no PyTorch" if torch is None else f"PyTorch {torch.__version__} with {torch.get_num_threads()} threads"
+    print(f"JAX {jax.__version__} ({jax.default_backend()}) vs {peer}; {cores} cores; batch {args.batch}; "
           "ms per call, XLA / PyTorch")
     print(f"{'layer':48s} " + " ".join(f"{part:>19s}" for part in PARTS))
     totals = np.zeros((2, 3))
     for row in rows:
         label = row["layer"] + (" (x2)" if row["per_step"] == 2 else "")
-        pairs = zip(row["xla_ms"], row["torch_ms"], strict=True)
-        print(f"{label:48s} " + " ".join(f"{ours:8.2f} / {theirs:8.2f}" for ours, theirs in pairs))
+        theirs = row["torch_ms"] or [np.nan] * len(PARTS)
+        print(f"{label:48s} " + " ".join(f"{ours:8.2f} / {peer_ms:8.2f}"
+                                         for ours, peer_ms in zip(row["xla_ms"], theirs, strict=True)))
         needed = np.array([1, row["layer"] != CONV_LAYERS[0][0], 1])  # no gradient for the images
-        totals += row["per_step"] * needed * np.array([row["xla_ms"], row["torch_ms"]])
+        totals += row["per_step"] * needed * np.array([row["xla_ms"], theirs])
     print(f"{'sum over a step':48s} " + " ".join(f"{ours:8.2f} / {theirs:8.2f}" for ours, theirs in totals.T))
-    result = {"jax": jax.__version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "cores": len(os.sched_getaffinity(0)), "batch": args.batch, "parts": PARTS, "layers": rows,
-              "step_sum_xla_ms": totals[0].tolist(), "step_sum_torch_ms": totals[1].tolist()}
-    out = Path(args.out)
+    result = {"jax": jax.__version__, "torch": None if torch is None else torch.__version__,
+              "peer": "skipped: torch not installed" if torch is None else "torch",
+              "threads": None if torch is None else torch.get_num_threads(), "cores": cores, "batch": args.batch,
+              "parts": PARTS, "layers": rows, "step_sum_xla_ms": totals[0].tolist(),
+              "step_sum_torch_ms": None if torch is None else totals[1].tolist(),
+              "provenance": provenance(__file__, argv)}
+    out = smoke.out_path(args, f"benchmarks/results/layer_profile-{jax.default_backend()}-{cores}cores.json",
+                         "layer_profile.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written to {out}")

@@ -2,28 +2,35 @@
 each with the batch gradient taken whole or in micro-batches differentiated side by side.
 
     python benchmarks/loop_structure.py [--steps 40] [--repeats 3] [--models conv_vae dense_ae]
-                                        [--loops step scan unrolled] [--micro_batches 1 2 4]
+                                        [--loops step scan unrolled] [--micro_batches 1 2 4] [--out FILE]
+    python benchmarks/loop_structure.py --smoke     # seconds: dense_ae, 2 steps, one repeat
 
 Prints milliseconds per training step (median of repeats, compile excluded) for the seed models at
 their seed batch sizes: the numbers behind vaejax.devices.MEASURED_FASTER_LOOP and
 MEASURED_FASTER_MICRO_BATCHES (what `--loop auto` and `--micro_batches auto` pick), on the
-machine it runs on.
+machine it runs on; with `--out`, also as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import jax
 import optax
 
-from vaejax.config import LOOPS, MODEL_DEFAULTS
-from vaejax.data import load_bundled_mnist
-from vaejax.devices import use_deterministic_kernels
-from vaejax.models import build_model
-from vaejax.steps import SCAN_UNROLL, init_state, make_epoch_scan, make_train_step, seed_keys
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import smoke  # noqa: E402
+from benchmarks.provenance import provenance  # noqa: E402
+from vaejax.config import LOOPS, MODEL_DEFAULTS  # noqa: E402
+from vaejax.data import load_bundled_mnist  # noqa: E402
+from vaejax.devices import use_deterministic_kernels  # noqa: E402
+from vaejax.models import build_model  # noqa: E402
+from vaejax.steps import SCAN_UNROLL, init_state, make_epoch_scan, make_train_step, seed_keys  # noqa: E402
 
 use_deterministic_kernels()  # vaejax is timed as train.py runs it (before the backend starts)
 
@@ -63,7 +70,7 @@ def ms_per_step(model_name: str, loop: str, micro_batches: int, steps: int, repe
     return 1e3 * time_call(run, repeats) / steps
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
@@ -71,20 +78,38 @@ def main() -> None:
     parser.add_argument("--loops", nargs="+", default=["step", "scan", "unrolled"],
                         choices=[loop for loop in LOOPS if loop != "auto"])
     parser.add_argument("--micro_batches", nargs="+", type=int, default=[1, 2, 4])
-    args = parser.parse_args()
+    parser.add_argument("--out", default=None, help="also write the table as JSON here")
+    smoke.add_flag(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    # dense_ae alone: conv_vae's scan takes a minute to compile on a CPU, and the code path is the same
+    args = smoke.parse_args(parser, argv, {"steps": 2, "repeats": 1, "models": ["dense_ae"], "micro_batches": [1, 2]})
     mnist = load_bundled_mnist()
     images, labels = jax.device_put((mnist.train_images, mnist.train_labels))
     print(f"JAX {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}")
     loop_names = {"step": "step", "scan": "scan", "unrolled": f"unrolled x{SCAN_UNROLL}"}
     print(f"{'model':10s} {'batch':>5s} {'micro-batches':>13s} " + " ".join(f"{loop_names[loop] + ' ms':>16s}"
                                                                           for loop in args.loops))
+    rows = []
     for model_name in args.models:
         batch = MODEL_DEFAULTS[model_name]["batch_size"]
         for micro_batches in args.micro_batches:
             times = [ms_per_step(model_name, loop, micro_batches, args.steps, args.repeats, images, labels)
                      for loop in args.loops]
+            rows.append({"model": model_name, "batch_size": batch, "micro_batches": micro_batches,
+                         "ms_per_step": dict(zip(args.loops, times, strict=True))})
             print(f"{model_name:10s} {batch:5d} {micro_batches:13d} " + " ".join(f"{ms:16.2f}" for ms in times),
                   flush=True)
+    out = smoke.out_path(args, None, "loop_structure.json")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"backend": jax.default_backend(), "steps": args.steps, "repeats": args.repeats,
+                                   "scan_unroll": SCAN_UNROLL, "rows": rows,
+                                   "provenance": provenance(__file__, argv)}, indent=2) + "\n")
+        print(f"written to {out}")
 
 
 if __name__ == "__main__":

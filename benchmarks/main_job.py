@@ -2,6 +2,7 @@
 with figures and TensorBoard off, measured in the same session.
 
     python benchmarks/main_job.py [--epochs 3] [--limit 6144] [--repeats 1] [--out FILE] [-- TRAIN FLAGS]
+    python benchmarks/main_job.py --smoke     # seconds: dense_ae, one epoch on 64 images
 
 Each run is `train.py` in its own process with JAX_LOG_COMPILES=1. Printed per variant: wall
 seconds, the split train.py reports (setup, training, evaluation, end-of-epoch work in the training
@@ -27,6 +28,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks import smoke  # noqa: E402
+from benchmarks.provenance import provenance  # noqa: E402
+
 VARIANTS = {"every output": [], "no figures, no TensorBoard": ["--no-plot_latent", "--no-tensorboard"]}
 COMPILE_LINE = "Finished XLA compilation"
 
@@ -39,21 +44,27 @@ def run_once(flags: list[str]) -> dict:
                                 env={**os.environ, "JAX_LOG_COMPILES": "1"})
         wall = time.perf_counter() - started
     if result.returncode != 0:
-        sys.exit(f"main_job.py: {' '.join(command[1:])} failed: {result.stderr.strip().splitlines()[-1]}")
+        sys.exit(f"main_job.py: {' '.join(command[1:])} failed: {(result.stderr.strip() or 'no output')[-2000:]}")
     split_line = next(line for line in result.stdout.splitlines() if line.startswith("time: "))
     split = {name: float(value) for name, value in re.findall(r"(\w+) ([\d.]+)s", split_line)}
     return {"wall_s": wall, "split_s": split, "compilations": result.stderr.count(COMPILE_LINE),
             "backend_line": result.stdout.splitlines()[0]}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--limit", type=int, default=6144)
+    parser.add_argument("--limit", type=int, default=6144, help="training images (0: all of them)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per variant (the median wall is used)")
     parser.add_argument("--out", default=None, help="JSON file for the results")
     parser.add_argument("train_flags", nargs="*", help="more train.py flags, after --")
-    args = parser.parse_args()
+    smoke.add_flag(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = smoke.parse_args(parser, argv, {"epochs": 1, "limit": smoke.IMAGES, "train_flags": ["--model", "dense_ae"]})
     base = ["--latent_dim", "2", "--epochs", str(args.epochs), *args.train_flags]
     if args.limit:
         base += ["--limit", str(args.limit)]
@@ -80,10 +91,12 @@ def main() -> None:
           f"{results['wall_ratio_every_output_over_bare']:.3f}")
     print(f"host work in the training thread beyond training and evaluation: "
           f"{100 * results['host_work_share_of_epochs']:.1f} % of the epochs' training and evaluation")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"written to {args.out}")
+    out = smoke.out_path(args, None, "main_job.json")
+    if out is not None:
+        results["provenance"] = provenance(__file__, argv)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"written to {out}")
 
 
 if __name__ == "__main__":

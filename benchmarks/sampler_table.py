@@ -1,7 +1,8 @@
 """Latent samplers compared: the prior N(0, I) against Gaussian mixtures fitted to training codes.
 
     python benchmarks/sampler_table.py RUN [RUN ...] [--samplers prior,gmm:10,gmm:50] [--count 10000]
-        [--fit_codes 20000] [--seed 0] [--classifier_dir runs/classifiers] [--out FILE]
+        [--fit_codes 20000] [--seed 0] [--classifier_dir runs/classifiers] [--limit N] [--out FILE]
+    python benchmarks/sampler_table.py --smoke    # seconds: a one-epoch mlp_vae, 64 images
 
 For each finished run and sampler, `count` images are decoded from the sampler's draws (a
 conditional model asked for every class equally often) and judged by the cached digit classifier as
@@ -22,26 +23,33 @@ from pathlib import Path
 
 import jax
 
-from vaejax.checkpoint import load_finished_run, write_json
-from vaejax.classifier import cached_classifier
-from vaejax.data import load_dataset
-from vaejax.errors import VaejaxError
-from vaejax.evaluate import sample_quality
-from vaejax.samplers import DEFAULT_FIT_CODES, fitted_sampler, latent_means, parse_sampler
-from vaejax.steps import METRIC_PRECISION, root_key
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks import smoke  # noqa: E402
+from benchmarks.provenance import provenance  # noqa: E402
+from vaejax.checkpoint import load_finished_run, write_json  # noqa: E402
+from vaejax.classifier import cached_classifier  # noqa: E402
+from vaejax.data import load_dataset  # noqa: E402
+from vaejax.errors import VaejaxError  # noqa: E402
+from vaejax.evaluate import sample_quality  # noqa: E402
+from vaejax.samplers import DEFAULT_FIT_CODES, fitted_sampler, latent_means, parse_sampler  # noqa: E402
+from vaejax.steps import METRIC_PRECISION, root_key  # noqa: E402
+
 # The table's measured columns: (key in the results, heading, decimals)
 COLUMNS = (("frechet_distance", "FD", 1), ("mean_confidence", "confidence", 3), ("class_entropy", "class entropy", 3),
            ("label_agreement", "label agreement", 3), ("test_code_log_likelihood", "test log-lik (nats/code)", 3))
 FLOOR = "real training images"
 
 
-def compare_samplers(workdir: Path, specs: list, count: int, fit_codes: int, seed: int, classifier_dir: Path) -> dict:
+def compare_samplers(workdir: Path, specs: list, count: int, fit_codes: int, seed: int, classifier_dir: Path,
+                     limit: int | None = None, small_test_set: bool = False) -> dict:
     """Each sampler's sample quality and held-out code log-likelihood for the run in `workdir`, measured
-    as `vaejax.evaluate --samplers` measures them (same key, same classifier)."""
+    as `vaejax.evaluate --samplers` measures them (same key, same classifier), on the first `limit`
+    training images (the classifier's and the fits'); `small_test_set`: a smoke run's few test images."""
     config, model, params, history = load_finished_run(workdir)
-    dataset = load_dataset(config.dataset, config.data_dir)
+    dataset = load_dataset(config.dataset, config.data_dir).limited(limit)
+    if small_test_set:
+        dataset = smoke.small_test_set(dataset)
     classifier = cached_classifier(dataset, classifier_dir, log=print)  # outside the precision block, as evaluate
     binarize = config.binarize == "dynamic"
     _, sample_key = jax.random.split(root_key(seed))  # evaluate's sample key
@@ -71,30 +79,52 @@ def markdown_table(runs: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="work directories of finished runs")
+    parser.add_argument("runs", nargs="*", help="work directories of finished runs (--smoke: a tiny run of its own)")
     parser.add_argument("--samplers", default="prior,gmm:10,gmm:50", help="comma-separated sampler specs")
     parser.add_argument("--count", type=int, default=10000, help="images generated per sampler")
     parser.add_argument("--fit_codes", type=int, default=DEFAULT_FIT_CODES,
                         help="training codes a mixture is fitted to")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fits and the draws")
     parser.add_argument("--classifier_dir", default=str(ROOT / "runs" / "classifiers"))
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sampler_table.json"))
-    args = parser.parse_args()
+    parser.add_argument("--limit", type=int, default=None,
+                        help="the first N training images only, for the classifier and the fits (quick looks)")
+    parser.add_argument("--out", default=None, help="JSON (default: benchmarks/results/sampler_table.json)")
+    smoke.add_flag(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = smoke.parse_args(parser, argv, {"samplers": "prior,gmm:2", "count": smoke.IMAGES,
+                                           "fit_codes": smoke.IMAGES, "limit": smoke.IMAGES, "classifier_dir": None})
+    if not args.runs and not args.smoke:
+        parser.error("give the work directory of at least one finished run")
     if args.count < 2:
         parser.error("--count must be at least 2 (a Frechet distance needs a covariance)")
+    with smoke.scratch() as work:
+        if args.smoke:
+            args.runs = args.runs or [smoke.tiny_run(Path(work) / "mlp_vae-smoke", "mlp_vae")]
+            args.classifier_dir = args.classifier_dir or Path(work) / "classifiers"
+        return measure(args, argv)
+
+
+def measure(args: argparse.Namespace, argv: list[str] | None) -> int:
     try:
         specs = [parse_sampler(text) for text in args.samplers.split(",")]
         runs = {Path(run).name: compare_samplers(Path(run), specs, args.count, args.fit_codes, args.seed,
-                                                 Path(args.classifier_dir)) for run in args.runs}
+                                                 Path(args.classifier_dir), args.limit, args.smoke)
+                for run in args.runs}
     except VaejaxError as error:
         print(f"sampler_table.py: error: {error}", file=sys.stderr)
         return error.exit_code
     print(markdown_table(runs))
-    setting = {"count": args.count, "fit_codes": args.fit_codes, "seed": args.seed, "backend": jax.default_backend()}
-    write_json(Path(args.out), {"setting": setting, "runs": runs})
-    print(f"wrote {args.out}")
+    setting = {"count": args.count, "fit_codes": args.fit_codes, "seed": args.seed, "limit": args.limit,
+               "backend": jax.default_backend()}
+    out = smoke.out_path(args, ROOT / "benchmarks" / "results" / "sampler_table.json", "sampler_table.json")
+    write_json(out, {"setting": setting, "runs": runs, "provenance": provenance(__file__, argv)})
+    print(f"wrote {out}")
     return 0
 
 

@@ -1,7 +1,8 @@
 """Training speed of vaejax against PyTorch peers of the same models, measured in the same run.
 
     python benchmarks/train_speed.py [--models conv_vae dense_ae] [--peers eager compile cudagraphs]
-                                     [--repeats 5] [--out FILE]
+                                     [--repeats 5] [--steps N] [--out FILE]
+    python benchmarks/train_speed.py --smoke     # seconds: 2 steps a window; without torch, vaejax alone
 
 For each seed model at its seed batch size: milliseconds per training step (median over repeats
 of a window of steps, compile excluded), images per second, the implied time of a full MNIST
@@ -23,7 +24,7 @@ the compiled ones compile it with `dynamic=False` as a second static graph (reco
 CUDA graph) during the warm-up, so the timed windows never recompile. Each peer warms up for two
 windows (a CUDA graph is recorded on a shape's second call) before the timed ones. First it checks
 that vaejax and PyTorch compute the same function (parameter count; loss on the same weights and
-inputs). Needs `pip install torch` (CPU build: torch==2.13.0).
+inputs). Needs `pip install torch` (CPU build: torch==2.13.0); `--smoke` without it times vaejax alone.
 """
 
 from __future__ import annotations
@@ -41,10 +42,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import torch
+
+try:  # optional under --smoke, which then times vaejax alone
+    import torch
+except ModuleNotFoundError:
+    torch = None
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.peers import torch_autoencoders as peer  # noqa: E402
+from benchmarks import smoke  # noqa: E402
+from benchmarks.provenance import provenance  # noqa: E402
 from vaejax.config import MODEL_DEFAULTS  # noqa: E402
 from vaejax.data import Dataset, load_bundled_mnist  # noqa: E402
 from vaejax.devices import plan_devices, use_deterministic_kernels  # noqa: E402
@@ -52,6 +58,9 @@ from vaejax.losses import loss_terms  # noqa: E402
 from vaejax.models import build_model, count_params, images_to_float, init_params  # noqa: E402
 from vaejax.steps import init_state, num_batches, seed_keys, zero_sums  # noqa: E402
 from vaejax.training import Trainer  # noqa: E402
+
+if torch is not None:
+    from benchmarks.peers import torch_autoencoders as peer
 
 use_deterministic_kernels()  # vaejax is timed as train.py runs it (before the backend starts)
 
@@ -197,47 +206,75 @@ def with_throughput(timing: dict, batch: int, epoch_steps: int) -> dict:
                      "epoch_s": epoch_steps * timing["ms_per_step"] / 1e3}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["conv_vae", "dense_ae"])
     parser.add_argument("--peers", nargs="+", choices=PEERS,
                         help="PyTorch peers (default: all on CUDA, eager on CPU)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default=f"benchmarks/results/train_speed-{jax.default_backend()}.json")
-    args = parser.parse_args()
-    torch_on = torch_device()
-    peers = args.peers or default_peers(torch_on)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="steps per timed window (default: a whole epoch on an accelerator, on CPU "
+                             + ", ".join(f"{name} {steps}" for name, steps in CPU_WINDOW_STEPS.items()) + ")")
+    parser.add_argument("--out", default=None, help="JSON (default: benchmarks/results/train_speed-<backend>.json)")
+    smoke.add_flag(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = smoke.parse_args(parser, argv, {"steps": 2, "repeats": 1})
+    if torch is None and not args.smoke:
+        parser.error("needs PyTorch (pip install torch); --smoke times vaejax alone without it")
+    if torch is None:
+        print("train_speed.py: the PyTorch side is skipped: torch is not installed")
+        torch_on, peers = None, []
+    else:
+        torch_on = torch_device()
+        peers = args.peers or default_peers(torch_on)
     if "cudagraphs" in peers and torch_on.type != "cuda":
         parser.error("--peers cudagraphs needs a CUDA GPU")
     mnist = load_bundled_mnist()
     device = jax.devices()[0]
     results = {"backend": jax.default_backend(), "device": getattr(device, "device_kind", str(device)),
                "jax": jax.__version__, "machine": platform.processor() or platform.machine(),
-               "torch": torch_setup(torch_on, peers), "models": {}}
+               "peer": "torch" if torch is not None else "skipped: torch not installed",
+               "torch": None if torch is None else torch_setup(torch_on, peers), "models": {}}
     for name in args.models:
         batch = MODEL_DEFAULTS[name]["batch_size"]
         epoch_steps = num_batches(len(mnist.train_images), batch)
-        steps = CPU_WINDOW_STEPS[name] if results["backend"] == "cpu" else epoch_steps
+        steps = args.steps or (CPU_WINDOW_STEPS[name] if results["backend"] == "cpu" else epoch_steps)
         ours = with_throughput(time_vaejax(name, mnist, steps, args.repeats), batch, epoch_steps)
         theirs = {peer_name: with_throughput(time_torch(name, mnist.train_images, steps, args.repeats, peer_name),
                                              batch, epoch_steps) for peer_name in peers}
         results["models"][name] = {
-            "batch_size": batch, "window_steps": steps, "same_function": same_function(name, mnist.test_images),
+            "batch_size": batch, "window_steps": steps,
+            "same_function": None if torch is None else same_function(name, mnist.test_images),
             "vaejax": ours, "torch": theirs,
             "ratio_vaejax_over_torch": {peer_name: ours["ms_per_step"] / timing["ms_per_step"]
                                         for peer_name, timing in theirs.items()},
         }
-    out = Path(args.out)
+    results["provenance"] = provenance(__file__, argv)
+    out = smoke.out_path(args, f"benchmarks/results/train_speed-{results['backend']}.json", "train_speed.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
+    print(f"written to {out}")
+
+
+def print_table(results: dict) -> None:
     setup = results["torch"]
-    print(f"backend {results['backend']} ({results['device']}), JAX {results['jax']}; PyTorch {setup['version']} "
-          f"on {setup['device']} with {setup['threads']} threads, {setup['adam']} Adam")
+    print(f"backend {results['backend']} ({results['device']}), JAX {results['jax']}; "
+          + ("no PyTorch" if setup is None else f"PyTorch {setup['version']} on {setup['device']} with "
+                                                f"{setup['threads']} threads, {setup['adam']} Adam"))
     print(f"{'model':9s} {'batch':>5s} {'loop':>8s} {'peer':>10s} {'vaejax ms':>10s} {'peer ms':>9s} {'ratio':>6s} "
           f"{'vaejax img/s':>12s} {'peer img/s':>11s} {'epoch s':>15s} {'compile s':>15s} {'same loss':>9s}")
     for name, row in results["models"].items():
         ours, check = row["vaejax"], row["same_function"]
         loop = ours["loop"] + (f" x{ours['micro_batches']}" if ours["micro_batches"] > 1 else "")
+        if not row["torch"]:
+            print(f"{name:9s} {row['batch_size']:5d} {loop:>8s} {'-':>10s} {ours['ms_per_step']:10.2f} "
+                  f"{'':9s} {'':6s} {ours['images_per_s']:12.0f} {'':11s} {ours['epoch_s']:7.1f}{'':8s} "
+                  f"{ours['compile_s']:7.2f}")
         for peer_name, theirs in row["torch"].items():
             print(f"{name:9s} {row['batch_size']:5d} {loop:>8s} {peer_name:>10s} {ours['ms_per_step']:10.2f} "
                   f"{theirs['ms_per_step']:9.2f} {row['ratio_vaejax_over_torch'][peer_name]:6.2f} "
@@ -245,7 +282,6 @@ def main() -> None:
                   f"{ours['epoch_s']:7.1f}/{theirs['epoch_s']:<7.1f} "
                   f"{ours['compile_s']:7.2f}/{theirs['compile_s']:<7.2f} "
                   f"{check['loss_relative_difference']:9.1e}")
-    print(f"written to {out}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,88 @@
+"""What produced a benchmark's JSON: the command, the date, the commit, the machine, the versions and XLA_FLAGS.
+
+    python benchmarks/provenance.py     # this machine's record, printed as JSON
+
+Every script in benchmarks/ stores `provenance(__file__, argv)` under the key "provenance" of the
+JSON it writes, so a number can be traced to the machine (CPU model and the instruction sets XLA:CPU
+picks kernels by, or the accelerator JAX ran on) and the versions that measured it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# The vector and matrix extensions that change which kernels XLA:CPU and PyTorch run; every amx_* flag is added.
+CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16")
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "torch")  # those installed are recorded
+
+
+def cpu() -> dict:
+    """The first processor's model, vendor and instruction sets from /proc/cpuinfo; the cores this process may use."""
+    fields = {}
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
+        name, colon, value = line.partition(":")
+        if not colon:  # a blank line ends the first processor's block
+            break
+        fields.setdefault(name.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    return {"model": fields.get("model name") or platform.processor() or platform.machine(),
+            "vendor": fields.get("vendor_id"), "architecture": platform.machine(),
+            "cores": len(os.sched_getaffinity(0)),
+            "instruction_sets": [flag for flag in CPU_FLAGS if flag in flags]
+                                + sorted(flag for flag in flags if flag.startswith("amx"))}
+
+
+def accelerator() -> dict:
+    """The JAX backend and its devices (starts the backend if nothing has yet)."""
+    import jax
+
+    devices = jax.devices()
+    return {"backend": jax.default_backend(), "device_kind": devices[0].device_kind, "device_count": len(devices)}
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def commit() -> str | None:
+    """The checked-out commit, with `-dirty` when tracked files differ from it; None outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def provenance(script: str, argv: list[str] | None = None) -> dict:
+    """The record for a JSON written by `script` (its `__file__`) run with `argv` (default: this process's)."""
+    path = Path(script).resolve()
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    arguments = sys.argv[1:] if argv is None else argv
+    return {"command": shlex.join(["python", str(shown), *arguments]),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "commit": commit(), "machine": {"cpu": cpu(), **accelerator()}, "versions": versions(),
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+if __name__ == "__main__":
+    print(json.dumps(provenance(__file__), indent=2))
