@@ -9,7 +9,7 @@ import optax
 import pytest
 from flax import serialization
 
-from vaejax import checkpoint
+from vaejax import checkpoint, files
 from vaejax.config import Config
 from vaejax.errors import VaejaxError
 from vaejax.models import build_model
@@ -51,9 +51,9 @@ def test_no_checkpoint_means_a_fresh_start(tmp_path):
 
 def test_write_is_atomic_and_leaves_no_temp_files(tmp_path):
     target = tmp_path / "file.bin"
-    checkpoint.atomic_write(target, b"old")
+    files.atomic_write(target, b"old")
     with pytest.raises(TypeError):
-        checkpoint.atomic_write(target, object())  # fails mid-write
+        files.atomic_write(target, object())  # fails mid-write
     assert target.read_bytes() == b"old"
     assert [path.name for path in tmp_path.iterdir()] == ["file.bin"]
 
@@ -144,6 +144,6 @@ def test_resuming_in_another_environment_is_named_and_both_are_kept(tmp_path):
     assert checkpoint.prepare_workdir(tmp_path, resumed, first) == []  # the same machine: nothing to say
     second = first | {"backend": "gpu", "loop": "scan"}
     assert checkpoint.prepare_workdir(tmp_path, resumed, second) == ["backend", "loop"]
-    saved = checkpoint.read_json(tmp_path / checkpoint.CONFIG_FILE)
+    saved = checkpoint.read_config_record(tmp_path / checkpoint.CONFIG_FILE)
     assert saved["environment"] == second and saved["earlier_environments"] == [first]
     assert checkpoint.read_run_config(tmp_path).model == "dense_ae"  # the records do not disturb reading it

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from vaejax import checkpoint
 from vaejax.config import Config
-from vaejax.data import IMAGES_MAGIC, LABELS_MAGIC, parse_idx, read_bytes
+from vaejax.data import IMAGES_MAGIC, LABELS_MAGIC, parse_idx, read_idx_bytes
 from vaejax.errors import VaejaxError
 from vaejax.models import build_model
 from vaejax.steps import init_state, seed_keys
@@ -48,7 +48,7 @@ def mutated(draw, original: bytes):
 def read_idx_file(path: Path, data: bytes, magic: int) -> None:
     path.write_bytes(data)
     try:
-        parse_idx(read_bytes(path), magic, path)
+        parse_idx(read_idx_bytes(path, magic), magic, path)
     except VaejaxError as error:
         assert str(path) in str(error) and "\n" not in str(error)
 

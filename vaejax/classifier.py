@@ -22,6 +22,8 @@ from flax import serialization
 from vaejax import checkpoint
 from vaejax.batching import map_batches
 from vaejax.data import IMAGE_SIDE, NUM_CLASSES, Dataset
+from vaejax.errors import VaejaxError
+from vaejax.files import atomic_write, make_folder, read_json, write_json
 from vaejax.models import images_to_float
 from vaejax.steps import batch_indices, num_batches
 
@@ -31,6 +33,7 @@ CLASSIFIER_LEARNING_RATE = 1e-3
 FEATURES = 128
 PREDICT_BATCH = 1000
 RECIPE_VERSION = 2  # bump when the network or its training changes, so cached classifiers are retrained
+INFO_BYTES = 2**16  # classifier.json: four short fields
 
 
 class DigitClassifier(nn.Module):
@@ -123,12 +126,15 @@ def cached_classifier(dataset: Dataset, cache_dir: Path, seed: int = 0, epochs: 
     params_path, info_path = folder / checkpoint.PARAMS_FILE, folder / "classifier.json"
     if params_path.is_file() and info_path.is_file():
         params = checkpoint.load_params(params_path, init_classifier(jax.random.key(0)))
-        return Classifier(params, checkpoint.read_json(info_path)["test_accuracy"])
+        accuracy = read_json(info_path, INFO_BYTES, 1).get("test_accuracy")
+        if not checkpoint.is_number(accuracy):
+            raise VaejaxError(f"{info_path}: no test_accuracy (remove {folder} to retrain it)")
+        return Classifier(params, float(accuracy))
     log(f"training the {dataset.name} classifier ({epochs} epochs), cached in {folder}")
     classifier = train_classifier(dataset.train_images, dataset.train_labels, dataset.test_images,
                                   dataset.test_labels, seed, epochs, log)
-    folder.mkdir(parents=True, exist_ok=True)
-    checkpoint.atomic_write(params_path, serialization.to_bytes(classifier.params))
+    make_folder(folder)
+    atomic_write(params_path, serialization.to_bytes(classifier.params))
     info = {"dataset": dataset.name, "seed": seed, "epochs": epochs, "test_accuracy": classifier.test_accuracy}
-    checkpoint.write_json(info_path, info)
+    write_json(info_path, info)
     return classifier

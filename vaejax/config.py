@@ -7,10 +7,12 @@ import hashlib
 import json
 import math
 import re
+import typing
 from dataclasses import dataclass
 
 from vaejax import validation
-from vaejax.data import IMAGE_PIXELS, IMAGE_SIDE
+from vaejax.data import IMAGE_PIXELS, IMAGE_SIDE, MAX_EXAMPLES
+from vaejax.errors import VaejaxError
 from vaejax.validation import INT32_MAX
 from vaejax.validation import require as _require
 
@@ -20,7 +22,7 @@ OBJECTIVES = ("elbo", "iwae", "dreg")  # vaejax.losses.Objective
 BINARIZATIONS = ("none", "dynamic")
 LOOPS = ("auto", "step", "scan", "unrolled")
 DATASET_NAME = re.compile(r"[a-z][a-z0-9_]*(/[a-z0-9_.]+)?(:[0-9.*]+)?")  # TFDS's name[/config][:version]
-MAX_TRAIN_IMAGES = 2**24  # far above any MNIST-like set (EMNIST: 697,932), below where float32 counts lose 1s
+MAX_TRAIN_IMAGES = MAX_EXAMPLES
 MAX_TEST_IMAGES_SHOWN = 100  # the reconstruction figure; drawing grows with it
 MAX_TRAIN_SAMPLES = 5000  # the largest k of the papers; memory bounds it further (vaejax.training)
 VARIATIONAL_MODELS = ("conv_vae", "conv_cvae", "mlp_vae")
@@ -148,6 +150,30 @@ class Config:
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+
+def check_option_types(record: dict) -> None:
+    """Raise VaejaxError naming the first option in `record` (a saved config.json, say) whose value is not
+    of its field's type: a whole number is an int (not a bool), a number an int or a float, a flag a bool,
+    a text a string without NUL. Unknown names are left to `Config(**record)`; the values to `validate`."""
+    hints = typing.get_type_hints(Config)
+    for name, value in record.items():
+        if name in hints and not any(_has_type(value, kind) for kind in typing.get_args(hints[name]) or (hints[name],)):
+            kinds = " or ".join(_TYPE_NAMES[kind] for kind in typing.get_args(hints[name]) or (hints[name],))
+            raise VaejaxError(f"{name} must be {kinds}, got {type(value).__name__} {str(value)[:40]}")
+
+
+_TYPE_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "a text", type(None): "null"}
+
+
+def _has_type(value, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is str:
+        return isinstance(value, str) and "\0" not in value
+    return isinstance(value, kind)
 
 
 def normalize_dataset_name(name: str) -> str:

@@ -14,10 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from vaejax.errors import VaejaxError
+from vaejax.files import open_regular
+from vaejax.validation import host_memory_bytes
 
 IMAGE_SIDE = 28
 IMAGE_PIXELS = IMAGE_SIDE * IMAGE_SIDE
 NUM_CLASSES = 10
+
+MAX_EXAMPLES = 2**24  # far above any MNIST-like set (EMNIST: 697,932), below where float32 counts lose 1s
 
 IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
@@ -95,10 +99,10 @@ def load_idx_dir(
     arrays = {}
     for key, stem in IDX_FILES.items():
         path = _find_idx_file(folder, stem)
-        raw = read_bytes(path)
+        magic = IMAGES_MAGIC if key.endswith("images") else LABELS_MAGIC
+        raw = read_idx_bytes(path, magic)
         if expected_md5 is not None and hashlib.md5(raw).hexdigest() != expected_md5[key]:
             raise VaejaxError(f"{path}: MD5 mismatch, the file is corrupt (expected {expected_md5[key]})")
-        magic = IMAGES_MAGIC if key.endswith("images") else LABELS_MAGIC
         arrays[key] = parse_idx(raw, magic, path)
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
@@ -111,23 +115,51 @@ def load_idx_dir(
 
 def _find_idx_file(folder: Path, stem: str) -> Path:
     for candidate in (folder / f"{stem}.gz", folder / stem):
-        if candidate.is_file():
+        if os.path.lexists(candidate):  # whatever it is: the reader says what is wrong with it
             return candidate
     raise VaejaxError(f"{folder}: missing {stem}.gz (or uncompressed {stem})")
 
 
-def read_bytes(path: Path) -> bytes:
-    """The file's bytes, decompressed when it is gzip (recognised by its magic, not its name)."""
-    try:
-        raw = path.read_bytes()
-    except OSError as error:
-        raise VaejaxError(f"{path}: cannot read ({error.strerror})") from None
-    if raw[:2] != b"\x1f\x8b":
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as error:
-        raise VaejaxError(f"{path}: corrupt or truncated gzip ({error})") from None
+def read_idx_bytes(path: Path, expected_magic: int) -> bytes:
+    """The IDX bytes of the regular file `path`, decompressed when it is gzip (recognised by its magic,
+    not its name), read no further than its header says it holds (and one byte more, to tell a longer
+    file): so a file (or a gzip bomb) far larger than its header is refused without being read."""
+    header_size = 4 * (1 + (3 if expected_magic == IMAGES_MAGIC else 1))
+    with open_regular(path) as (file, size):
+        compressed = file.read(2) == b"\x1f\x8b"
+        file.seek(0)
+        stream = gzip.GzipFile(fileobj=file, mode="rb") if compressed else file
+        try:
+            header = stream.read(header_size)
+            dims = idx_dims(header, expected_magic, path)
+            expected_size = header_size + math.prod(dims)  # exact: the header may claim absurd sizes
+            _check_declared_size(path, dims[0], expected_size)
+            if not compressed:
+                _check_size(path, size, dims[0], expected_size)
+            raw = header + stream.read(expected_size + 1 - header_size)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+            raise VaejaxError(f"{path}: corrupt or truncated gzip ({error})") from None
+        except OSError as error:
+            if compressed:
+                raise VaejaxError(f"{path}: corrupt or truncated gzip ({error})") from None
+            raise
+    _check_size(path, len(raw), dims[0], expected_size)
+    return raw
+
+
+def _check_size(path: Path, size: int, examples: int, expected_size: int) -> None:
+    if size != expected_size:
+        raise VaejaxError(f"{path}: {size} bytes but the header ({examples} examples) needs {expected_size}")
+
+
+def _check_declared_size(path: Path, examples: int, size: int) -> None:
+    """Refuse a header that declares more examples than any dataset holds, or more than memory takes."""
+    if examples > MAX_EXAMPLES:
+        raise VaejaxError(f"{path}: the header declares {examples:,} examples, more than the {MAX_EXAMPLES:,} "
+                          "any dataset holds")
+    if size > host_memory_bytes() // 4:  # the arrays are copied (to the devices, into batches)
+        raise VaejaxError(f"{path}: the header declares {size / 2**30:.3g} GiB, more than a quarter of "
+                          "this machine's memory")
 
 
 def write_idx(array: np.ndarray) -> bytes:
@@ -137,8 +169,8 @@ def write_idx(array: np.ndarray) -> bytes:
     return header + np.ascontiguousarray(array, np.uint8).tobytes()
 
 
-def parse_idx(raw: bytes, expected_magic: int, path: Path) -> np.ndarray:
-    """Parse IDX bytes into uint8 images (N, 28, 28) or labels (N,), validating the header."""
+def idx_dims(raw: bytes, expected_magic: int, path: Path) -> list[int]:
+    """The dimensions an IDX header (the start of `raw`) declares, checked: magic, 28x28, some examples."""
     if len(raw) == 0:
         raise VaejaxError(f"{path}: file is empty")
     ndim = 3 if expected_magic == IMAGES_MAGIC else 1
@@ -154,13 +186,16 @@ def parse_idx(raw: bytes, expected_magic: int, path: Path) -> np.ndarray:
         raise VaejaxError(f"{path}: images are {dims[1]}x{dims[2]}, expected 28x28")
     if dims[0] == 0:
         raise VaejaxError(f"{path}: header says it holds no examples")
-    expected_size = header_size + math.prod(dims)  # exact: the header may claim absurd sizes
-    if len(raw) != expected_size:
-        raise VaejaxError(
-            f"{path}: {len(raw)} bytes but the header ({dims[0]} examples) needs {expected_size}"
-        )
+    return dims
+
+
+def parse_idx(raw: bytes, expected_magic: int, path: Path) -> np.ndarray:
+    """Parse IDX bytes into uint8 images (N, 28, 28) or labels (N,), validating the header."""
+    dims = idx_dims(raw, expected_magic, path)
+    header_size = 4 * (1 + len(dims))
+    _check_size(path, len(raw), dims[0], header_size + math.prod(dims))  # exact: the header may claim absurd sizes
     array = np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(dims)
-    if ndim == 1 and array.max() >= NUM_CLASSES:
+    if len(dims) == 1 and array.max() >= NUM_CLASSES:
         raise VaejaxError(f"{path}: label {int(array.max())} outside 0..9")
     return array
 

@@ -186,11 +186,20 @@ class EvaluateOptions:
 
 
 def evaluate_run(options: EvaluateOptions, log: Callable[[str], None] = print) -> dict:
-    """Every metric of the run in `options.workdir`; no classifier_dir skips the sample-quality part."""
-    from vaejax.checkpoint import load_finished_run, write_json
+    """Every metric of the run in `options.workdir`; no classifier_dir skips the sample-quality part.
+    Holds the work directory's lock, as evaluation.json and the sampler fits are written there."""
+    from vaejax.files import WorkdirLock
+
+    with WorkdirLock(options.workdir):
+        return _evaluate_run(options, log)
+
+
+def _evaluate_run(options: EvaluateOptions, log: Callable[[str], None]) -> dict:
+    from vaejax.checkpoint import load_finished_run
     from vaejax.classifier import cached_classifier
     from vaejax.data import load_dataset
     from vaejax.devices import device_memory_bytes
+    from vaejax.files import write_json
 
     workdir, iw_samples, limit, batch_size = options.workdir, options.iw_samples, options.limit, options.batch_size
     samples, classifier_dir = options.samples, options.classifier_dir

@@ -1,14 +1,15 @@
 """Every figure of a run: reconstructions, prior samples, the latent space, learning curves.
 
 `RunFigures` draws one epoch's figures from the params of that epoch into `<workdir>/figures/`:
-`NAME_eNNN.png` per epoch plus `NAME.png`, a copy of the latest, so links stay stable. The drawing
-functions below it take plain arrays, so they are usable (and testable) without a model.
+`NAME_eNNN.png` per epoch plus `NAME.png`, a copy of the latest, so links stay stable. Each file is
+written atomically (vaejax.files). The drawing functions below it take plain arrays, so they are
+usable (and testable) without a model.
 """
 
 from __future__ import annotations
 
 import functools
-import shutil
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from vaejax.config import Config  # noqa: E402
 from vaejax.data import IMAGE_SIDE, Dataset  # noqa: E402
+from vaejax.files import atomic_write, make_folder  # noqa: E402
 from vaejax.models import AutoEncoder, decode  # noqa: E402
 from vaejax.steps import encode_in_batches, full_precision, make_mean_encoder, seed_keys  # noqa: E402
 
@@ -126,7 +128,7 @@ class RunFigures:
 
         Figures whose axes stay are made once and then updated in place (new pixels and points; the
         same axes, text and layout), so later epochs skip making figures and laying them out."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_folder(self.folder)
         model, names = self.model, self.dataset.class_names
         # Made anew: their tick labels change with the history, and so would the layout.
         save_figure(plot_learning_curves(history, model.variational), self.folder / "learning_curves.png")
@@ -181,16 +183,16 @@ class RunFigures:
         """Write figure `name` as `NAME_eNNN.png` and a copy as `NAME.png`. With `update`, the figure
         is made by `make` once, then kept and changed by `update`, which must leave every text and
         axis limit as it was (so the layout holds, and the output equals a figure made anew)."""
-        numbered = self.folder / f"{name}_e{epoch:03d}.png"
         if update is None:
-            save_figure(make(), numbered)
+            png = png_bytes(make(), close=True)
         else:
             if name in self.kept:
                 update(self.kept[name])
             else:
                 self.kept[name] = make()
-            self.kept[name].savefig(numbered, dpi=DPI)
-        shutil.copyfile(numbered, self.folder / f"{name}.png")
+            png = png_bytes(self.kept[name])
+        atomic_write(self.folder / f"{name}_e{epoch:03d}.png", png)
+        atomic_write(self.folder / f"{name}.png", png)
 
     def close(self) -> None:
         for fig in self.kept.values():
@@ -235,9 +237,18 @@ def code_span(codes: np.ndarray, points: int = 14) -> np.ndarray:
     return np.linspace(low, high, points)
 
 
-def save_figure(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+def png_bytes(fig: Figure, close: bool = False) -> bytes:
+    """The figure as PNG, as `savefig` writes it to a file."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    if close:
+        plt.close(fig)
+    return buffer.getvalue()
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write the figure to `path` as PNG, atomically, and close it."""
+    atomic_write(path, png_bytes(fig, close=True))
     return path
 
 

@@ -85,10 +85,10 @@ def write_outputs(out: Path, images: np.ndarray, labels: np.ndarray | None, pixe
                   strips: np.ndarray, class_names, sampler: str) -> list[Path]:
     """The IDX files, the NPZ (which names the `sampler`), the sheet and the interpolation strips;
     returns the paths written."""
-    from vaejax.checkpoint import atomic_write
     from vaejax.figures import plot_interpolations, plot_sample_sheet, save_figure
+    from vaejax.files import atomic_write, make_folder
 
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     written = [out / "generated-images-idx3-ubyte"]
     atomic_write(written[0], write_idx(images))
     arrays = {"images": images, "probabilities": pixels.astype(np.float32), "sampler": np.array(sampler)}
@@ -158,6 +158,15 @@ def options_from_flags(flags: argparse.Namespace) -> GenerateOptions:
 
 
 def generate(options: GenerateOptions, log: Callable[[str], None] = print) -> list[Path]:
+    """Write the outputs of `options`, holding the work directory's lock (its sampler fits, and by default
+    the outputs, are written there; a read-only one is read unlocked); returns the paths written."""
+    from vaejax.files import WorkdirLock
+
+    with WorkdirLock(options.workdir, required=False):
+        return _generate(options, log)
+
+
+def _generate(options: GenerateOptions, log: Callable[[str], None]) -> list[Path]:
     from vaejax.checkpoint import load_finished_run
     from vaejax.data import load_dataset
 

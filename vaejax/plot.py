@@ -11,16 +11,19 @@ from vaejax.command import Command, OneLineParser
 
 
 def redraw(workdir: Path) -> Path:
-    """Draw the last epoch's figures from params.msgpack and metrics.jsonl; return the figure folder."""
+    """Draw the last epoch's figures from params.msgpack and metrics.jsonl; return the figure folder.
+    Holds the work directory's lock meanwhile, so a run training there is not drawn over."""
 
     from vaejax import checkpoint
     from vaejax.data import load_dataset
     from vaejax.figures import RunFigures
+    from vaejax.files import WorkdirLock
 
-    config, model, params, history = checkpoint.load_finished_run(workdir)
-    figures = RunFigures.for_run(config, model, load_dataset(config.dataset, config.data_dir))
-    figures.write_epoch(history[-1]["epoch"], params, history)
-    figures.close()
+    with WorkdirLock(workdir):
+        config, model, params, history = checkpoint.load_finished_run(workdir)
+        figures = RunFigures.for_run(config, model, load_dataset(config.dataset, config.data_dir))
+        figures.write_epoch(history[-1]["epoch"], params, history)
+        figures.close()
     return figures.folder
 
 

@@ -16,6 +16,7 @@ from vaejax.config import Config
 from vaejax.data import Dataset
 from vaejax.errors import VaejaxError
 from vaejax.figures import RunFigures
+from vaejax.files import atomic_write
 from vaejax.host_worker import HostWorker
 from vaejax.models import AutoEncoder
 from vaejax.steps import TrainState
@@ -99,7 +100,7 @@ class Reporter(Observer):
         workdir = Path(self.config.workdir)
         summary = model_summary(model, self.config.model)
         self.log(summary.rstrip())
-        (workdir / "model_summary.txt").write_text(summary)
+        atomic_write(workdir / "model_summary.txt", summary.encode())
         if not model.variational:
             self.log(f"{self.config.model} is a plain autoencoder, not generative: no prior samples are drawn")
         self.figures = RunFigures.for_run(self.config, model, dataset)

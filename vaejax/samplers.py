@@ -11,6 +11,7 @@ SHA-256 so that a retrained run is refitted.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,9 +24,9 @@ from flax import serialization
 from scipy.special import logsumexp
 
 from vaejax.batching import map_batches
-from vaejax.checkpoint import read_json, write_json
 from vaejax.data import Dataset
 from vaejax.errors import VaejaxError
+from vaejax.files import make_folder, read_json, write_json
 from vaejax.models import AutoEncoder, binarized_test_images, decode
 from vaejax.steps import encode_in_batches, make_mean_encoder
 
@@ -38,6 +39,10 @@ REG_COVAR = 1e-6  # added to every covariance's diagonal, as scikit-learn's Gaus
 MAX_ITERATIONS = 1000
 TOLERANCE = 1e-5  # stop once the mean log-likelihood per code gains less than this (nats)
 RESTARTS = 3  # EM from this many k-means++ starts; the best fit is kept
+FIT_NUMBER_BYTES = 64  # a float's repr, its comma and write_json's indentation on its line
+FIT_MARGIN_BYTES = 2**16  # the setting and the fit's summary
+FIT_DEPTH = 4  # {"covariances": [[[...]]]}
+MAX_FIT_BYTES = 2**28  # what `load_fit` reads when not told the fit's size
 
 
 @dataclass(frozen=True)
@@ -248,10 +253,7 @@ def fit_setting(params_hash: str, components: int, codes: int, seed: int) -> dic
 
 def save_fit(path: Path, setting: dict, fit: MixtureFit) -> None:
     """JSON: floats written by repr, so the float64 arrays read back bit for bit, and no pickle anywhere."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise VaejaxError(f"cannot create {path.parent}: {error.strerror or error}") from None
+    make_folder(path.parent)
     mixture = fit.mixture
     write_json(path, {
         "setting": setting,
@@ -261,12 +263,20 @@ def save_fit(path: Path, setting: dict, fit: MixtureFit) -> None:
     })
 
 
-def load_fit(path: Path) -> tuple[dict, MixtureFit]:
-    """(setting, fit) from a file `save_fit` wrote; anything malformed is one VaejaxError naming the file."""
-    saved = read_json(path)
+def fit_bytes(components: int, dims: int) -> int:
+    """The most bytes a fit file of `components` components in `dims` dimensions takes."""
+    return (components * (1 + dims + dims * dims)) * FIT_NUMBER_BYTES + FIT_MARGIN_BYTES
+
+
+def load_fit(path: Path, max_bytes: int = MAX_FIT_BYTES) -> tuple[dict, MixtureFit]:
+    """(setting, fit) from a file `save_fit` wrote, of at most `max_bytes` (see `fit_bytes`); anything
+    malformed is one VaejaxError naming the file."""
+    saved = read_json(path, max_bytes, FIT_DEPTH, "mixture fit")
     try:
-        mixture = GaussianMixture(*(np.asarray(saved[name], np.float64)
-                                    for name in ("weights", "means", "covariances")))
+        arrays = [np.asarray(saved[name]) for name in ("weights", "means", "covariances")]
+        if any(array.dtype.kind not in "iuf" for array in arrays):
+            raise ValueError("arrays of something other than numbers")
+        mixture = GaussianMixture(*(array.astype(np.float64) for array in arrays))
         components, dims = mixture.means.shape
         if (mixture.weights.shape != (components,) or mixture.covariances.shape != (components, dims, dims)
                 or not all(np.isfinite(array).all() for array in vars(mixture).values())):
@@ -274,9 +284,13 @@ def load_fit(path: Path) -> tuple[dict, MixtureFit]:
         if np.any(mixture.weights < 0) or not np.isclose(mixture.weights.sum(), 1.0):
             raise ValueError("weights are not a distribution")
         np.linalg.cholesky(mixture.covariances)
-        fit = MixtureFit(mixture, float(saved["fit"]["log_likelihood"]), int(saved["fit"]["iterations"]),
-                         bool(saved["fit"]["converged"]))
-        return dict(saved["setting"]), fit
+        summary, setting = saved["fit"], saved["setting"]
+        if not (isinstance(summary, dict) and isinstance(setting, dict)
+                and isinstance(summary["log_likelihood"], int | float) and isinstance(summary["converged"], bool)
+                and isinstance(summary["iterations"], int) and not isinstance(summary["iterations"], bool)):
+            raise ValueError("a fit summary or setting of the wrong types")
+        fit = MixtureFit(mixture, float(summary["log_likelihood"]), summary["iterations"], summary["converged"])
+        return setting, fit
     except (KeyError, TypeError, ValueError, np.linalg.LinAlgError) as error:
         raise VaejaxError(f"{path}: not a vaejax mixture fit ({error})") from None
 
@@ -298,9 +312,9 @@ def fitted_sampler(workdir: Path, model: AutoEncoder, params, dataset: Dataset, 
     images, labels = dataset.train_images[:fit_codes], dataset.train_labels[:fit_codes]
     setting = fit_setting(params_sha256(params), spec.components, len(images), seed)
     path = fit_file(workdir, spec, len(images), seed)
-    if path.exists():
+    if os.path.lexists(path):
         try:
-            saved_setting, fit = load_fit(path)
+            saved_setting, fit = load_fit(path, fit_bytes(spec.components, model.encoder.latent_dim))
             if saved_setting == setting and fit.mixture.means.shape[1] == model.encoder.latent_dim:
                 return Sampler(spec, fit.mixture, len(images))
             log(f"{path} was fitted with another setting; refitting")

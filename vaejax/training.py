@@ -25,6 +25,7 @@ from vaejax.config import Config
 from vaejax.data import Dataset, load_dataset
 from vaejax.devices import DevicePlan, device_memory_bytes, plan_devices
 from vaejax.errors import TrainingInterrupted, VaejaxError
+from vaejax.files import WorkdirLock
 from vaejax.host_worker import HostWorker
 from vaejax.losses import Objective
 from vaejax.models import AutoEncoder, activation_bytes_per_image, binarized_test_images, build_model
@@ -223,16 +224,23 @@ def train(config: Config, dataset: Dataset | None = None, log: Callable[[str], N
     TrainingInterrupted is raised once every earlier write has finished). A non-finite loss stops
     the run before its epoch is checkpointed, so the last good checkpoint stays.
 
-    Over several processes (`jax.distributed`) only process 0 writes the work directory; every
-    process reads it to resume, so it must be on a shared file system.
+    Over several processes (`jax.distributed`) only process 0 writes the work directory, and holds its
+    lock (vaejax.files.WorkdirLock) for the whole run; every process reads it to resume, so it must be
+    on a shared file system. params.msgpack is written once the run has finished, after its last
+    checkpoint, and removed when a resume trains on, so it never falls behind the checkpoint.
 
     `TrainResult.seconds` splits the wall time: `setup`, `train`, `evaluate`, `epoch_end` (host
     copies, figure arrays), `wait` (for background work at the end), and per kind of background
     task (`checkpoint`, `figures`, `tensorboard`), which overlapped the rest.
     """
     clock = Stopwatch()
+    with contextlib.ExitStack() as owned:  # the work directory's lock, from before its first write to the last
+        return _train(config, dataset, log, observer or Observer(), clock, owned)
+
+
+def _train(config: Config, dataset: Dataset | None, log: Callable[[str], None], observer: Observer,
+           clock: Stopwatch, owned: contextlib.ExitStack) -> TrainResult:
     with clock("setup"):
-        observer = observer or Observer()
         workdir = Path(config.workdir)
         if dataset is None:
             dataset = load_dataset(config.dataset, config.data_dir)
@@ -245,6 +253,7 @@ def train(config: Config, dataset: Dataset | None = None, log: Callable[[str], N
                                 * config.train_samples,
                                 device_memory_bytes(), "a training step's activations on one device")
         if plan.writes:
+            owned.enter_context(WorkdirLock(workdir))
             changed = checkpoint.prepare_workdir(workdir, config, plan.bits_record())
             if changed:
                 log(f"warning: resuming with another {', '.join(changed)} than the run began with: the result "
@@ -263,6 +272,8 @@ def train(config: Config, dataset: Dataset | None = None, log: Callable[[str], N
             log(line)
         if plan.writes:
             checkpoint.write_metrics(workdir, history)
+            if int(state.epoch) < config.epochs:  # a finished run trains on: its params would fall behind
+                checkpoint.discard_params(workdir)
     worker = HostWorker()
     with StopSignal() as stop:
         try:
@@ -278,7 +289,7 @@ def train(config: Config, dataset: Dataset | None = None, log: Callable[[str], N
                 worker.close()
             raise
     if plan.writes:
-        checkpoint.save_params(workdir, plan.to_host(state.params))
+        checkpoint.save_params(workdir, plan.to_host(state.params))  # after the last checkpoint: they agree
     return TrainResult(config, model, state.params, dataset, history, workdir, clock.seconds | dict(worker.seconds))
 
 
