@@ -290,6 +290,8 @@ class Explorer:
         At latent 1 the second direction is zero (the plane's y axis is no part of z)."""
         axes = query.get("axes", self.default_axes())
         d = self.latent_dim
+        if not isinstance(axes, str):
+            raise BadRequest("axes must be text: pca or I,J")
         if axes == "pca" and d >= 2:
             center, directions, explained = principal_plane(self.test_means.astype(np.float64))
             title = f"first two principal components ({explained:.0%} of the variance)"
