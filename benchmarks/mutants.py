@@ -48,7 +48,8 @@ class Mutant:
 
 
 STEPS, TRAINING, MODELS, LOSSES = "vaejax/steps.py", "vaejax/training.py", "vaejax/models.py", "vaejax/losses.py"
-SAMPLERS, DEVICES = "vaejax/samplers.py", "vaejax/devices.py"
+SAMPLERS, DEVICES, EXPLORE = "vaejax/samplers.py", "vaejax/devices.py", "vaejax/explore.py"
+CHECKPOINT, FILES = "vaejax/checkpoint.py", "vaejax/files.py"
 RANDOMNESS = "tests/test_randomness.py::test_every_step_draws_new_noise_and_every_epoch_a_new_order_over_every_image"
 FIDELITY_ADAM = "tests/test_seed_fidelity.py::test_train_step_is_optax_form_adam"
 
@@ -136,6 +137,28 @@ MUTANTS = [
            "return GaussianMixture(totals / totals.sum(), means, covariances)",
            "return GaussianMixture(np.full(len(totals), 1 / len(totals)), means, covariances)",
            ("tests/test_samplers.py::test_fit_recovers_a_known_mixture",)),
+    # the work directory
+    Mutant("a damaged checkpoint does not fall back to the previous copy", CHECKPOINT,
+           "path, payload = previous, decode_checkpoint(previous, max_bytes)", "raise",
+           ("tests/test_checkpoint.py::test_previous_checkpoint_is_kept_and_used_when_the_latest_is_damaged",)),
+    Mutant("the work-directory lock is never taken", FILES,
+           "                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n", "                pass\n",
+           ("tests/test_workdir.py::test_the_lock_excludes_a_second_holder_in_the_same_process_and_is_taken_again_once_released",)),
+    # the explorer's answers and who may ask
+    Mutant("explorer decodes answer the padding rows", EXPLORE,
+           'to_uint8(finite(probabilities[:count], "the decoder\'s output"))',
+           'to_uint8(finite(probabilities[-count:], "the decoder\'s output"))',
+           ("tests/test_explore.py::test_decode_and_encode_answer_as_the_model_functions",)),
+    Mutant("explorer encodes the drawing transposed", EXPLORE,
+           "image = grey.astype(np.uint8).reshape(1, IMAGE_SIDE, IMAGE_SIDE)",
+           "image = grey.astype(np.uint8).reshape(1, IMAGE_SIDE, IMAGE_SIDE).transpose(0, 2, 1)",
+           ("tests/test_explore.py::test_decode_and_encode_answer_as_the_model_functions",)),
+    Mutant("explorer answers any Host (DNS rebinding)", EXPLORE,
+           "        if not self.serves(hosts[0]):\n", "        if False:\n",
+           ("tests/test_explore_hostile.py::test_only_this_servers_host_and_port_are_answered",)),
+    Mutant("explorer beyond loopback needs no token", EXPLORE,
+           "        if self.token is None:\n            return None\n", "        return None\n",
+           ("tests/test_explore_hostile.py::test_beyond_loopback_every_request_needs_the_token",)),
     # the device plan
     Mutant("the deterministic-kernel flag says false", DEVICES,
            'DETERMINISTIC_XLA_FLAG = "--xla_gpu_deterministic_ops=true"',
