@@ -27,6 +27,7 @@ SMOKES = {
                             "step_sum_torch_ms"},
     ("loop_structure.py",): {"backend", "steps", "repeats", "scan_unroll", "rows"},
     ("main_job.py",): {"flags", "variants", "wall_ratio_every_output_over_bare", "host_work_share_of_epochs"},
+    ("portable_bits.py",): {"models", "configs", "environments_run", "environments_skipped", "timing"},
     ("sampler_table.py",): {"setting", "runs"},
     ("seed003_dense_ae.py",): {"runs", "test_mean", "test_best", "article"},
     ("train_speed.py",): {"backend", "device", "peer", "torch", "models"},
