@@ -27,8 +27,8 @@ from benchmarks.provenance import provenance  # noqa: E402
 from vaejax.checkpoint import load_finished_run  # noqa: E402
 from vaejax.classifier import CLASSIFIER_EPOCHS, cached_classifier, train_classifier  # noqa: E402
 from vaejax.data import load_dataset  # noqa: E402
-from vaejax.generate import balanced_labels, sampled_pixels, to_uint8  # noqa: E402
-from vaejax.samplers import prior_sampler  # noqa: E402
+from vaejax.inference import to_uint8  # noqa: E402
+from vaejax.samplers import balanced_labels, prior_sampler, sampled_pixels  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

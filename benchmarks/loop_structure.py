@@ -1,9 +1,9 @@
-"""How to run the training steps: per-step `jit` or `lax.scan` over the steps (plain and unrolled),
+"""How to run the training steps: per-step `jit` or `lax.scan` over the steps,
 each with the batch gradient taken whole or in micro-batches differentiated side by side.
 
     python benchmarks/loop_structure.py [--steps 40] [--repeats 3] [--models conv_vae dense_ae]
-                                        [--loops step scan unrolled] [--micro_batches 1 2 4] [--out FILE]
-    python benchmarks/loop_structure.py --smoke     # seconds: dense_ae, 2 steps, one repeat, step and unrolled
+                                        [--loops step scan] [--micro_batches 1 2 4] [--out FILE]
+    python benchmarks/loop_structure.py --smoke     # seconds: dense_ae, 2 steps, one repeat, step and scan
 
 Prints milliseconds per training step (median of repeats, compile excluded) for the seed models at
 their seed batch sizes: the numbers behind vaejax.devices.MEASURED_FASTER_LOOP and
@@ -29,8 +29,9 @@ from benchmarks.provenance import provenance  # noqa: E402
 from vaejax.config import LOOPS, MODEL_DEFAULTS  # noqa: E402
 from vaejax.data import load_bundled_mnist  # noqa: E402
 from vaejax.devices import use_deterministic_kernels  # noqa: E402
+from vaejax.keys import seed_keys  # noqa: E402
 from vaejax.models import build_model  # noqa: E402
-from vaejax.steps import SCAN_UNROLL, init_state, make_epoch_scan, make_train_step, seed_keys  # noqa: E402
+from vaejax.steps import LossSpec, init_state, make_epoch_scan, make_loss, make_train_step, micro_batched  # noqa: E402
 
 use_deterministic_kernels()  # vaejax is timed as train.py runs it (before the backend starts)
 
@@ -52,7 +53,8 @@ def ms_per_step(model_name: str, loop: str, micro_batches: int, steps: int, repe
     optimizer = optax.adam(settings["learning_rate"])
     keys = seed_keys(0)
     state = init_state(model, optimizer, keys, steps)
-    step_fn = make_train_step(model, optimizer, settings["batch_size"], micro_batches=micro_batches)
+    step_fn = make_train_step(micro_batched(make_loss(model, LossSpec()), micro_batches), optimizer,
+                              settings["batch_size"])
     order = jax.random.permutation(keys.train, images.shape[0])
     if loop == "step":
         per_step = jax.jit(step_fn)
@@ -63,7 +65,7 @@ def ms_per_step(model_name: str, loop: str, micro_batches: int, steps: int, repe
                 current = per_step(current, images, labels, order, keys.train)
             return current.sums
     else:
-        scanned = jax.jit(make_epoch_scan(step_fn, steps, SCAN_UNROLL if loop == "unrolled" else 1))
+        scanned = jax.jit(make_epoch_scan(step_fn, steps))
 
         def run():
             return scanned(state, images, labels, order, keys.train).sums
@@ -75,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", nargs="+", default=["conv_vae", "dense_ae"], choices=sorted(MODEL_DEFAULTS))
-    parser.add_argument("--loops", nargs="+", default=["step", "scan", "unrolled"],
+    parser.add_argument("--loops", nargs="+", default=["step", "scan"],
                         choices=[loop for loop in LOOPS if loop != "auto"])
     parser.add_argument("--micro_batches", nargs="+", type=int, default=[1, 2, 4])
     parser.add_argument("--out", default=None, help="also write the table as JSON here")
@@ -85,15 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
-    # dense_ae alone: conv_vae's plain scan ran seconds a step on the 2-core CPU (2.5 minutes in all);
-    # no plain scan: it is the unrolled one's code with unroll 1
+    # dense_ae alone: conv_vae's scan ran seconds a step on the 2-core CPU (2.5 minutes in all)
     args = smoke.parse_args(parser, argv, {"steps": 2, "repeats": 1, "models": ["dense_ae"],
-                                           "loops": ["step", "unrolled"], "micro_batches": [1, 2]})
+                                           "loops": ["step", "scan"], "micro_batches": [1, 2]})
     mnist = load_bundled_mnist()
     images, labels = jax.device_put((mnist.train_images, mnist.train_labels))
     print(f"JAX {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}")
-    loop_names = {"step": "step", "scan": "scan", "unrolled": f"unrolled x{SCAN_UNROLL}"}
-    print(f"{'model':10s} {'batch':>5s} {'micro-batches':>13s} " + " ".join(f"{loop_names[loop] + ' ms':>16s}"
+    print(f"{'model':10s} {'batch':>5s} {'micro-batches':>13s} " + " ".join(f"{loop + ' ms':>16s}"
                                                                           for loop in args.loops))
     rows = []
     for model_name in args.models:
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"backend": jax.default_backend(), "steps": args.steps, "repeats": args.repeats,
-                                   "scan_unroll": SCAN_UNROLL, "rows": rows,
+                                   "rows": rows,
                                    "provenance": provenance(__file__, argv)}, indent=2) + "\n")
         print(f"written to {out}")
 

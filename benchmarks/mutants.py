@@ -48,6 +48,7 @@ class Mutant:
 
 
 STEPS, TRAINING, MODELS, LOSSES = "vaejax/steps.py", "vaejax/training.py", "vaejax/models.py", "vaejax/losses.py"
+KEYS, BATCHING, OPTIMIZERS = "vaejax/keys.py", "vaejax/batching.py", "vaejax/optimizers.py"
 SAMPLERS, DEVICES, EXPLORE = "vaejax/samplers.py", "vaejax/devices.py", "vaejax/explore.py"
 CHECKPOINT, FILES = "vaejax/checkpoint.py", "vaejax/files.py"
 RANDOMNESS = "tests/test_randomness.py::test_every_step_draws_new_noise_and_every_epoch_a_new_order_over_every_image"
@@ -55,31 +56,32 @@ FIDELITY_ADAM = "tests/test_seed_fidelity.py::test_train_step_is_optax_form_adam
 
 MUTANTS = [
     # keys and order
-    Mutant("step noise reused (step key not folded with the step)", STEPS,
-           "key = jax.random.fold_in(step_root, step)", "key = step_root", (FIDELITY_ADAM,)),
+    Mutant("step noise reused (step key not folded with the step)", KEYS,
+           "return jax.random.fold_in(step_root, step)", "return step_root", (FIDELITY_ADAM,)),
     Mutant("epoch key never advances", TRAINING,
-           "lambda rng: epoch_keys(rng)[0]", "lambda rng: rng", (RANDOMNESS,)),
-    Mutant("no shuffle", STEPS,
-           "return jax.random.permutation(shuffle_key, count), step_root", "return jnp.arange(count), step_root",
+           "state.replace(rng=next_rng,", "state.replace(rng=state.rng,", (RANDOMNESS,)),
+    Mutant("no shuffle", TRAINING,
+           "return next_rng, jax.random.permutation(shuffle_key, count), step_root",
+           "return next_rng, jax.numpy.arange(count), step_root",
            (RANDOMNESS,)),
     Mutant("micro-batches share one key", STEPS,
-           "jax.random.fold_in(key, index), binarize, objective)", "key, binarize, objective)",
+           "loss_fn(params, part, part_key(key, index))", "loss_fn(params, part, key)",
            ("tests/test_training.py::test_micro_batches_of_a_vae_draw_each_part_from_its_own_key",)),
-    Mutant("evaluation batches share one key", STEPS,
-           "key = jax.random.fold_in(eval_key, batch)", "key = eval_key",
+    Mutant("evaluation batches share one key", KEYS,
+           "return jax.random.fold_in(eval_key, batch)", "return eval_key",
            ("tests/test_randomness.py::test_each_test_batch_draws_its_own_evaluation_noise",)),
-    Mutant("binarization draws from the noise key", STEPS,
-           "binarize_key, key = jax.random.split(key)", "binarize_key = key",
+    Mutant("binarization draws from the noise key", KEYS,
+           "binarize_key, noise_key = jax.random.split(key)", "binarize_key = noise_key = key",
            ("tests/test_training.py::test_dynamic_binarization_draws_a_fresh_binary_batch_from_the_step_key",)),
-    Mutant("a seed's high 32 bits dropped (2^32 trains seed 0)", STEPS,
+    Mutant("a seed's high 32 bits dropped (2^32 trains seed 0)", KEYS,
            "return jax.random.fold_in(key, high) if high else key", "return key",
            ("tests/test_flag_ranges.py::test_seeds_past_32_bits_give_their_own_keys_and_small_seeds_keep_jax_s",)),
     # padding and weights
-    Mutant("padded rows weighted as real", STEPS,
+    Mutant("padded rows weighted as real", BATCHING,
            "weights = (positions < count).astype(jnp.float32)", "weights = jnp.ones(batch_size, jnp.float32)",
            ("tests/test_training.py::test_batches_cover_every_image_once",)),
     Mutant("micro-batch parts weighted equally", STEPS,
-           "share = part_weights.sum() / count", "share = 1.0 / micro_batches",
+           "share = part.weights.sum() / count", "share = 1.0 / parts",
            ("tests/test_training.py::test_micro_batches_sum_to_the_whole_batch_gradient",)),
     Mutant("epoch sums count padded rows", STEPS,
            '"count": sums["count"] + count,', '"count": sums["count"] + weights.shape[0],',
@@ -111,7 +113,7 @@ MUTANTS = [
     Mutant("BCE with the target's sign flipped", LOSSES,
            "jax.nn.softplus(logits) - targets * logits", "jax.nn.softplus(logits) + targets * logits",
            ("tests/test_losses.py",)),
-    Mutant("plain SGD instead of Adam", STEPS,
+    Mutant("plain SGD instead of Adam", OPTIMIZERS,
            "return optax.adam(learning_rate)", "return optax.sgd(learning_rate)",
            ("tests/test_iwae.py::test_the_constant_schedule_is_the_seeds_adam",)),
     Mutant("IWAE bound without its log K", LOSSES,

@@ -79,7 +79,7 @@ def provenance(script: str, argv: list[str] | None = None) -> dict:
     shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
     arguments = sys.argv[1:] if argv is None else argv
     return {"command": shlex.join(["python", str(shown), *arguments]),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "commit": commit(), "machine": {"cpu": cpu(), **accelerator()}, "versions": versions(),
             "xla_flags": os.environ.get("XLA_FLAGS", "")}
 

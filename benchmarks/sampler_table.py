@@ -27,13 +27,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks import smoke  # noqa: E402
 from benchmarks.provenance import provenance  # noqa: E402
-from vaejax.checkpoint import load_finished_run, write_json  # noqa: E402
+from vaejax.checkpoint import load_finished_run  # noqa: E402
 from vaejax.classifier import cached_classifier  # noqa: E402
 from vaejax.data import load_dataset  # noqa: E402
 from vaejax.errors import VaejaxError  # noqa: E402
 from vaejax.evaluate import sample_quality  # noqa: E402
-from vaejax.samplers import DEFAULT_FIT_CODES, fitted_sampler, latent_means, parse_sampler  # noqa: E402
-from vaejax.steps import METRIC_PRECISION, root_key  # noqa: E402
+from vaejax.files import write_json  # noqa: E402
+from vaejax.inference import METRIC_PRECISION, evaluation_images, latent_means  # noqa: E402
+from vaejax.keys import command_keys  # noqa: E402
+from vaejax.samplers import DEFAULT_FIT_CODES, fitted_sampler, parse_sampler  # noqa: E402
 
 # The table's measured columns: (key in the results, heading, decimals)
 COLUMNS = (("frechet_distance", "FD", 1), ("mean_confidence", "confidence", 3), ("class_entropy", "class entropy", 3),
@@ -51,12 +53,12 @@ def compare_samplers(workdir: Path, specs: list, count: int, fit_codes: int, see
     if small_test_set:
         dataset = smoke.small_test_set(dataset)
     classifier = cached_classifier(dataset, classifier_dir, log=print)  # outside the precision block, as evaluate
-    binarize = config.binarize == "dynamic"
-    _, sample_key = jax.random.split(root_key(seed))  # evaluate's sample key
-    samplers = [fitted_sampler(workdir, model, params, dataset, spec, seed, fit_codes, binarize, log=print)
+    _, sample_key = command_keys(seed)  # evaluate's sample key
+    samplers = [fitted_sampler(workdir, model, params, dataset, spec, seed, fit_codes, config.binarized, log=print)
                 for spec in specs if model.variational or spec.kind != "prior"]
     with jax.default_matmul_precision(METRIC_PRECISION):
-        test_codes = latent_means(model, params, dataset.test_images, dataset.test_labels, binarize)
+        test_codes = latent_means(model, params, evaluation_images(dataset.test_images, config.binarized),
+                                  dataset.test_labels)
         quality = sample_quality(model, params, dataset, classifier, sample_key, count, samplers, test_codes)
     for sampler in samplers:
         quality["samplers"][str(sampler.spec)]["description"] = sampler.describe()

@@ -51,12 +51,14 @@ except ModuleNotFoundError:
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import smoke  # noqa: E402
 from benchmarks.provenance import provenance  # noqa: E402
+from vaejax.batching import num_batches  # noqa: E402
 from vaejax.config import MODEL_DEFAULTS  # noqa: E402
 from vaejax.data import Dataset, load_bundled_mnist  # noqa: E402
 from vaejax.devices import plan_devices, use_deterministic_kernels  # noqa: E402
+from vaejax.keys import seed_keys  # noqa: E402
 from vaejax.losses import loss_terms  # noqa: E402
 from vaejax.models import build_model, count_params, images_to_float, init_params  # noqa: E402
-from vaejax.steps import init_state, num_batches, seed_keys, zero_sums  # noqa: E402
+from vaejax.steps import init_state, zero_sums  # noqa: E402
 from vaejax.training import Trainer  # noqa: E402
 
 if torch is not None:
@@ -105,7 +107,8 @@ def time_vaejax(name: str, dataset: Dataset, steps: int, repeats: int) -> dict:
     state = init_state(model, optimizer, keys, trainer.steps)
 
     def window(state):
-        state = trainer.train_epoch(state.replace(step=jnp.int32(0), sums=zero_sums(trainer.steps)))
+        _, order, step_root = trainer.shuffle(state.rng)
+        state = trainer.train_epoch(state.replace(step=jnp.int32(0), sums=zero_sums(trainer.steps)), order, step_root)
         jax.block_until_ready(state.params)
         return state
 

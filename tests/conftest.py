@@ -50,3 +50,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def batch_loss(model, params, images, labels, weights, key, binarize: bool = False):
+    """The weighted batch loss and its terms, as vaejax.steps.make_loss computes them."""
+    from vaejax.steps import Batch, LossSpec, make_loss
+
+    loss, (terms, _) = make_loss(model, LossSpec(binarize=binarize))(params, Batch(images, labels, weights), key)
+    return loss, terms
+
+
+def batch_gradient(model, params, images, labels, weights, key, micro_batches: int = 1):
+    """The gradient of the seeds' batch loss over `micro_batches` parts, and its terms."""
+    import jax
+
+    from vaejax.steps import Batch, LossSpec, make_loss, micro_batched
+
+    loss_fn = micro_batched(make_loss(model, LossSpec()), micro_batches)
+    grads, (terms, _) = jax.grad(loss_fn, has_aux=True)(params, Batch(images, labels, weights), key)
+    return grads, terms

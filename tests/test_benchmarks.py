@@ -18,6 +18,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 # Each smoke run: the script and its extra flags -> the keys of the JSON a real run writes.
 SMOKES = {
     ("augmentation.py",): {"setting", "results"},
+    ("beta_table.py",): {"setting", "rows"},
     ("determinism.py",): {"model", "epochs", "limit", "modes", "backend", "deterministic_cost", "modes_agree"},
     ("explore_latency.py",): {"what", "workdir", "model", "latent_dim", "pointer_moves", "pointer_events_measured",
                               "median_ms", "p95_ms", "target_ms", "chromium"},
@@ -25,7 +26,7 @@ SMOKES = {
     ("iwae_table.py", "--cost"): {"backend", "device", "args", "rows"},
     ("layer_profile.py",): {"jax", "torch", "peer", "cores", "batch", "parts", "layers", "step_sum_xla_ms",
                             "step_sum_torch_ms"},
-    ("loop_structure.py",): {"backend", "steps", "repeats", "scan_unroll", "rows"},
+    ("loop_structure.py",): {"backend", "steps", "repeats", "rows"},
     ("main_job.py",): {"flags", "variants", "wall_ratio_every_output_over_bare", "host_work_share_of_epochs"},
     ("portable_bits.py",): {"models", "configs", "environments_run", "environments_skipped", "timing"},
     ("sampler_table.py",): {"setting", "runs"},

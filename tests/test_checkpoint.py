@@ -12,8 +12,9 @@ from flax import serialization
 from vaejax import checkpoint, files
 from vaejax.config import Config
 from vaejax.errors import VaejaxError
+from vaejax.keys import seed_keys
 from vaejax.models import build_model
-from vaejax.steps import init_state, seed_keys
+from vaejax.steps import init_state
 
 
 def make_state(model_name="dense_ae", latent_dim=2, seed=0, epoch=0):

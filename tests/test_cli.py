@@ -4,7 +4,7 @@ import os
 
 import jax
 import pytest
-from conftest import run_cli
+from conftest import ROOT, run_cli
 
 from vaejax.cli import Launch, build_parser, main
 from vaejax.config import Config
@@ -54,7 +54,7 @@ def test_the_property_test_draws_every_flag_of_train_py():
     (["--batch_size", "100000"], "--batch_size 100000 is larger than the 60000 training images"),
     (["--dataset", "no_such_set"], "dataset 'no_such_set'"),  # unknown to TFDS, or TFDS missing
     (["--data_dir", "/no/such/folder"], "--data_dir /no/such/folder does not exist"),
-    (["--loop", "fast"], "--loop must be one of auto, step, scan, unrolled, got 'fast'"),
+    (["--loop", "fast"], "--loop must be one of auto, step, scan, got 'fast'"),
     (["--limit", "0"], "--limit must be from 1 to"),
     (["--binarize", "static"], "--binarize must be one of none, dynamic, got 'static'"),
     (["--micro_batches", "some"], "argument --micro_batches: invalid micro_batches value: 'some'"),
@@ -102,3 +102,15 @@ def test_the_run_records_what_its_bits_depend_on(tmp_path):
     assert environment["loop"] == "scan" and environment["micro_batches"] == 1  # dense_ae's measured choice
     assert "--xla_gpu_deterministic_ops=true" in environment["xla_flags"] and environment["deterministic_kernels"]
     assert {"device_kind", "jaxlib", "device_count", "process_count"} <= environment.keys()
+
+
+def test_the_python_floor_is_the_pinned_jax_s():
+    """pyproject's requires-python and ruff's target are what the installed JAX requires, so a user on an
+    older Python is told so by pip, not by a resolver error about jax."""
+    import importlib.metadata
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    floor = importlib.metadata.metadata("jax")["Requires-Python"]
+    assert project["project"]["requires-python"] == floor
+    assert project["tool"]["ruff"]["target-version"] == "py" + floor.removeprefix(">=").replace(".", "")

@@ -44,7 +44,8 @@ import jax, jax.numpy as jnp, optax
 from vaejax.data import load_bundled_mnist
 from vaejax.models import build_model
 from vaejax.devices import plan_devices
-from vaejax.steps import init_state, seed_keys, epoch_keys, zero_sums
+from vaejax.keys import seed_keys, epoch_keys
+from vaejax.steps import init_state, zero_sums
 from vaejax.training import Trainer
 d = load_bundled_mnist(); model = build_model("dense_ae", 2); opt = optax.adam(1e-3); keys = seed_keys(0)
 t = Trainer(model, opt, 64, d.limited(256), keys.eval, plan_devices("dense_ae", 64, loop="step"))

@@ -7,7 +7,7 @@ import pytest
 from scipy import linalg
 
 from vaejax.evaluate import importance_chunk
-from vaejax.losses import bce_from_logits, gaussian_log_density, importance_log_weights, iwae_bound
+from vaejax.losses import bce_from_logits, drawn_log_weights, gaussian_log_density, iwae_bound
 from vaejax.metrics import frechet_distance, gaussian_statistics, mse, prediction_statistics, psnr, ssim
 
 # A model whose likelihood is known exactly: z ~ N(0, 1) in one dimension, three Bernoulli pixels
@@ -43,7 +43,7 @@ def posterior_moments() -> tuple[float, float]:
 def toy_log_weights(samples: int, images: int, key, mean=0.4, std=0.9):
     targets = jnp.tile(PIXELS, (images, 1))
     means, stds = jnp.full((images, 1), mean), jnp.full((images, 1), std)
-    return importance_log_weights(toy_decoder, targets, means, stds, key, samples, importance_chunk(samples))
+    return drawn_log_weights(toy_decoder, targets, means, stds, key, samples, importance_chunk(samples))
 
 
 def test_iwae_converges_to_the_exact_log_likelihood():
@@ -73,7 +73,7 @@ def test_iwae_is_never_below_the_elbo_and_tightens_with_k():
 def test_with_the_exact_posterior_every_weight_is_the_likelihood():
     # A decoder that ignores z and q = prior: each weight is p(x) exactly, for any k.
     targets = jnp.tile(PIXELS, (2, 1))
-    log_weights, log_likelihoods = importance_log_weights(
+    log_weights, log_likelihoods = drawn_log_weights(
         lambda z: jnp.broadcast_to(OFFSETS, (z.shape[0], 3)), targets, jnp.zeros((2, 1)), jnp.ones((2, 1)),
         jax.random.key(0), 10, 5)
     expected = -bce_from_logits(OFFSETS[None], PIXELS[None])[0]

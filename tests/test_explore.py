@@ -19,9 +19,8 @@ from vaejax.checkpoint import PARAMS_FILE, load_finished_run
 from vaejax.config import Config
 from vaejax.errors import VaejaxError
 from vaejax.figures import project_2d
-from vaejax.generate import to_uint8
+from vaejax.inference import METRIC_PRECISION, to_uint8
 from vaejax.models import build_model, decode, encode, images_to_float, init_params
-from vaejax.steps import METRIC_PRECISION
 from vaejax.training import train
 
 CHROMIUM = Path("/usr/bin/chromium")

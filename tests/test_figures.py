@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vaejax import figures, plot
+from vaejax import inference, plot
 from vaejax.config import Config
 from vaejax.figures import RunFigures, plot_latent_with_grid, project_2d
 from vaejax.reporting import EpochProgress, Reporter
@@ -93,7 +93,7 @@ def test_plain_autoencoder_draws_no_samples_and_says_so(dense_run):
 def test_decoded_grid_varies_across_the_latent_space(dense_run):
     result, reporter, _ = dense_run
     means = reporter.figures.test_means(result.params, result.dataset.test_images, result.dataset.test_labels)
-    xs, ys = (figures.code_span(means[:, axis]) for axis in (0, 1))
+    xs, ys = (inference.code_span(means[:, axis]) for axis in (0, 1))
     grid = reporter.figures.decode_grid(result.params, xs, ys)
     tiles = grid.reshape(14, 28, 14, 28).transpose(0, 2, 1, 3).reshape(196, -1)
     assert grid.shape == (14 * 28, 14 * 28)
@@ -103,7 +103,7 @@ def test_decoded_grid_varies_across_the_latent_space(dense_run):
 
 
 def test_a_dead_relu_unit_still_gets_a_grid():
-    span = figures.code_span(np.zeros(100))
+    span = inference.code_span(np.zeros(100))
     assert span[0] == -0.5 and span[-1] == 0.5 and len(span) == 14
 
 
@@ -111,7 +111,7 @@ def test_scatter_uses_every_label_with_its_class_name(small_mnist):
     rng = np.random.default_rng(0)
     labels = small_mnist.test_labels
     means = rng.normal(size=(len(labels), 2))
-    values = figures.SEED_GRID_VALUES
+    values = inference.SEED_GRID_VALUES
     grid = np.zeros((len(values) * 28, len(values) * 28))
     fig = plot_latent_with_grid(means, labels, small_mnist.class_names, values, values, grid)
     scatter_axis, grid_axis = fig.axes

@@ -12,8 +12,9 @@ from vaejax import checkpoint
 from vaejax.config import Config
 from vaejax.data import IMAGES_MAGIC, LABELS_MAGIC, parse_idx, read_idx_bytes
 from vaejax.errors import VaejaxError
+from vaejax.keys import seed_keys
 from vaejax.models import build_model
-from vaejax.steps import init_state, seed_keys
+from vaejax.steps import init_state
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -23,9 +23,10 @@ from vaejax.classifier import cached_classifier, init_classifier
 from vaejax.config import Config
 from vaejax.data import IDX_FILES, IMAGES_MAGIC, LABELS_MAGIC, Dataset, load_idx_dir, read_idx_bytes, write_idx
 from vaejax.errors import VaejaxError
+from vaejax.keys import seed_keys
 from vaejax.models import build_model, init_params
 from vaejax.samplers import load_fit
-from vaejax.steps import init_state, seed_keys
+from vaejax.steps import init_state
 
 EIGHT_GIB = 8 * 2**30
 DEEP = 100_000

@@ -10,9 +10,11 @@ import pytest
 from vaejax.checkpoint import load_finished_run
 from vaejax.config import Config
 from vaejax.data import IMAGE_PIXELS
-from vaejax.losses import Objective, gaussian_kl, gaussian_log_density, importance_terms
+from vaejax.inference import METRIC_PRECISION
+from vaejax.losses import gaussian_kl, gaussian_log_density, importance_terms
 from vaejax.models import AutoEncoder, MLPDecoder, MLPEncoder, build_model, count_params, decode, encode, init_params
-from vaejax.steps import METRIC_PRECISION, iwae_learning_rate, make_optimizer
+from vaejax.optimizers import iwae_learning_rate, make_optimizer
+from vaejax.steps import LossSpec
 from vaejax.training import train
 
 
@@ -36,7 +38,7 @@ def terms(model, params, images, key, objective):
     mean, std = encode(model, params, images)
     targets = images.reshape(-1, IMAGE_PIXELS)
     return importance_terms(lambda z: decode(model, params, z), targets, mean, std, jnp.ones(len(images)), key,
-                            objective)
+                            objective.objective, objective.samples)
 
 
 def test_the_paper_model_has_the_paper_s_shape():
@@ -47,17 +49,17 @@ def test_the_paper_model_has_the_paper_s_shape():
 def test_iwae_at_one_draw_is_the_one_draw_elbo_and_matches_the_analytic_elbo_on_average(tiny_vae):
     model, params, images = tiny_vae
     key = jax.random.key(3)
-    iwae = terms(model, params, images, key, Objective("iwae", 1))
+    iwae = terms(model, params, images, key, LossSpec("iwae", 1))
     mean, std = encode(model, params, images)
     z = mean + std * jax.random.normal(key, (1, *mean.shape))[0]
-    log_likelihood = -terms(model, params, images, key, Objective("elbo", 1))["bce"]
+    log_likelihood = -terms(model, params, images, key, LossSpec("elbo", 1))["bce"]
     log_w = (gaussian_log_density(z, 0 * z, 0 * z + 1) - gaussian_log_density(z, mean, std)).mean()
     np.testing.assert_allclose(iwae["loss"], -(log_likelihood + log_w), rtol=1e-5)
     keys = jax.random.split(jax.random.key(4), 4000)
-    draws = jax.vmap(lambda key: terms(model, params, images, key, Objective("iwae", 1))["loss"])(keys)
-    analytic = terms(model, params, images, key, Objective("elbo", 1))
+    draws = jax.vmap(lambda key: terms(model, params, images, key, LossSpec("iwae", 1))["loss"])(keys)
+    analytic = terms(model, params, images, key, LossSpec("elbo", 1))
     np.testing.assert_allclose(analytic["kl"], gaussian_kl(mean, std).mean(), rtol=1e-6)
-    elbo = jax.vmap(lambda key: terms(model, params, images, key, Objective("elbo", 1))["loss"])(keys)
+    elbo = jax.vmap(lambda key: terms(model, params, images, key, LossSpec("elbo", 1))["loss"])(keys)
     standard_error = draws.std() / np.sqrt(len(keys))
     assert abs(draws.mean() - elbo.mean()) < 4 * standard_error
 
@@ -65,7 +67,7 @@ def test_iwae_at_one_draw_is_the_one_draw_elbo_and_matches_the_analytic_elbo_on_
 def test_the_bound_tightens_as_draws_grow(tiny_vae):
     model, params, images = tiny_vae
     keys = jax.random.split(jax.random.key(5), 100)
-    losses = [float(jax.vmap(lambda key, k=k: terms(model, params, images, key, Objective("iwae", k))["loss"])(
+    losses = [float(jax.vmap(lambda key, k=k: terms(model, params, images, key, LossSpec("iwae", k))["loss"])(
         keys).mean()) for k in (1, 5, 50)]
     assert losses[0] > losses[1] > losses[2]  # -bound falls: the bound rises towards log p(x)
 
@@ -80,8 +82,8 @@ def gradients(model, params, images, keys, objective):
 def test_dreg_gradient_is_the_iwae_gradient_in_expectation(tiny_vae):
     model, params, images = tiny_vae
     keys = jax.random.split(jax.random.key(6), 1500)
-    iwae = gradients(model, params, images, keys, Objective("iwae", 10))
-    dreg = gradients(model, params, images, keys, Objective("dreg", 10))
+    iwae = gradients(model, params, images, keys, LossSpec("iwae", 10))
+    dreg = gradients(model, params, images, keys, LossSpec("dreg", 10))
     for part in ("encoder", "decoder"):
         plain, doubly = (jax.tree.leaves(grads["params"][part] if "params" in grads else grads[part])
                          for grads in (iwae, dreg))

@@ -3,9 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vaejax.inference import binarize_pixels, binarized_test_images
 from vaejax.models import (
-    binarize_pixels,
-    binarized_test_images,
     build_model,
     count_params,
     decode,

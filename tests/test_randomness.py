@@ -13,9 +13,10 @@ import jax
 import numpy as np
 import pytest
 
-from vaejax import models, steps
+from vaejax import batching, models, steps
 from vaejax.config import Config
 from vaejax.figures import RunFigures
+from vaejax.keys import seed_keys
 from vaejax.training import train
 
 TRAIN_IMAGES, BATCH = 100, 32  # 4 steps an epoch, the last holding 4 real images and 28 padded rows
@@ -60,7 +61,7 @@ def split_by_batch_size(arrays, parts: int = 1):
     """Training draws have the training batch's rows, evaluation draws a test batch's (initialisation
     draws one row, ignored)."""
     training = [array for array in arrays if len(array) == BATCH // parts]
-    evaluation = [array for array in arrays if len(array) == steps.EVAL_BATCH_SIZE // parts]
+    evaluation = [array for array in arrays if len(array) == batching.SET_BATCH // parts]
     return training, evaluation
 
 
@@ -119,10 +120,10 @@ def test_every_draw_is_the_documented_key_tree_of_the_seed(monkeypatch, tmp_path
     for epoch, order in enumerate(expected_orders):
         drawn_order = np.concatenate(batches[epoch * steps_per_epoch:(epoch + 1) * steps_per_epoch])
         np.testing.assert_array_equal(drawn_order[:TRAIN_IMAGES], order)
-    expected_eval = jax.random.normal(jax.random.fold_in(eval_key, 0), (steps.EVAL_BATCH_SIZE, 2))
+    expected_eval = jax.random.normal(jax.random.fold_in(eval_key, 0), (batching.SET_BATCH, 2))
     np.testing.assert_array_equal(eval_noise[0], expected_eval)
     np.testing.assert_array_equal(eval_noise[-1], expected_eval)
-    run_keys = steps.seed_keys(seed)
+    run_keys = seed_keys(seed)
     for stream, expected in zip(("init", "train", "eval"), (init, train_key, eval_key), strict=True):
         np.testing.assert_array_equal(jax.random.key_data(getattr(run_keys, stream)), jax.random.key_data(expected))
 
@@ -136,7 +137,7 @@ def test_another_seed_changes_every_stream(monkeypatch, tmp_path, small_mnist):
     assert not np.array_equal(first_noise[0], second_noise[0])  # training noise
     assert not np.array_equal(first_eval[0], second_eval[0])  # evaluation noise
     assert not np.array_equal(first.batches[0][0], second.batches[0][0])  # shuffle order
-    keys = [steps.seed_keys(seed) for seed in (0, 1)]
+    keys = [seed_keys(seed) for seed in (0, 1)]
     for stream in ("init", "train", "eval", "sample"):
         assert not np.array_equal(jax.random.key_data(getattr(keys[0], stream)),
                                   jax.random.key_data(getattr(keys[1], stream))), stream
@@ -151,7 +152,7 @@ def test_figure_samples_are_the_same_z_every_epoch(tmp_path, small_mnist):
     model = models.build_model("conv_vae", 2)
     figures = [RunFigures.for_run(config, model, small_mnist) for _ in range(2)]
     np.testing.assert_array_equal(figures[0].prior_z, figures[1].prior_z)
-    expected = jax.random.normal(steps.seed_keys(config.seed).sample, (64, 2))
+    expected = jax.random.normal(seed_keys(config.seed).sample, (64, 2))
     np.testing.assert_array_equal(figures[0].prior_z, expected)
     params = [models.init_params(model, jax.random.key(index)) for index in range(2)]
     samples = [figures[0].epoch_arrays(p).samples for p in params]  # other params, same z
@@ -168,7 +169,7 @@ def test_each_test_batch_draws_its_own_evaluation_noise(monkeypatch, small_mnist
     draws = record_draws(monkeypatch)
     dataset = dataclasses.replace(small_mnist, test_images=np.concatenate([small_mnist.test_images] * 4),
                                   test_labels=np.concatenate([small_mnist.test_labels] * 4))  # 1200: 2 batches
-    model, keys = models.build_model("conv_vae", 2), steps.seed_keys(0)
+    model, keys = models.build_model("conv_vae", 2), seed_keys(0)
     trainer = Trainer(model, optax.adam(1e-3), BATCH, dataset, keys.eval,
                       plan_devices("conv_vae", BATCH, loop="step", micro_batches=1))
     trainer.evaluate(models.init_params(model, keys.init))

@@ -105,8 +105,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, smal
 def _template(config):
     import optax
 
+    from vaejax.keys import seed_keys
     from vaejax.models import build_model
-    from vaejax.steps import init_state, seed_keys
+    from vaejax.steps import init_state
 
     steps_per_epoch = 512 // config.batch_size
     return init_state(build_model(config.model, config.latent_dim), optax.adam(config.learning_rate),

@@ -6,7 +6,6 @@ import jax
 import numpy as np
 import pytest
 
-from vaejax import generate
 from vaejax.errors import VaejaxError
 from vaejax.models import build_model, decode, init_params
 from vaejax.samplers import (
@@ -21,6 +20,7 @@ from vaejax.samplers import (
     parse_sampler,
     prior_sampler,
     sample_mixture,
+    sampled_pixels,
     save_fit,
     standard_normal,
 )
@@ -141,7 +141,7 @@ def test_prior_draws_are_the_generate_path_draws():
     prior = prior_sampler(model)
     np.testing.assert_array_equal(prior.sample(key, 50), jax.random.normal(key, (50, 3)))
     direct = jax.nn.sigmoid(decode(model, params, jax.random.normal(key, (50, 3))))
-    np.testing.assert_allclose(generate.sampled_pixels(model, params, prior, key, 50), direct, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sampled_pixels(model, params, prior, key, 50), direct, rtol=1e-5, atol=1e-6)
 
 
 def test_a_plain_autoencoder_has_no_prior():

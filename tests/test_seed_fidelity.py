@@ -32,11 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import batch_gradient, batch_loss
 from jax.flatten_util import ravel_pytree
 
 from vaejax.config import MODEL_DEFAULTS
 from vaejax.models import AutoEncoder, build_model, conv_transpose, decode, encode, init_params
-from vaejax.steps import TrainState, batch_gradient, batch_loss, make_train_step, zero_sums
+from vaejax.steps import LossSpec, TrainState, make_loss, make_train_step, zero_sums
 
 LATENT_DIM = 2  # both seeds
 PIXELS = 784
@@ -307,7 +308,7 @@ def two_training_steps(name: str, train_images, train_labels) -> tuple[list[np.n
     state = TrainState(params, optimizer.init(params), jax.random.key(0), jnp.int32(0), jnp.int32(0), zero_sums(2))
     images, labels = jnp.asarray(train_images[:2 * batch_size]), jnp.asarray(train_labels[:2 * batch_size])
     order, step_root = jnp.arange(2 * batch_size), jax.random.key(8)
-    train_step = jax.jit(make_train_step(model, optimizer, batch_size))
+    train_step = jax.jit(make_train_step(make_loss(model, LossSpec()), optimizer, batch_size))
     gradient = jax.jit(lambda params, images, labels, key: batch_gradient(
         model, params, images, labels, jnp.ones(batch_size), key)[0])
 

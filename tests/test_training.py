@@ -7,13 +7,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import batch_gradient, batch_loss
 
 from vaejax import checkpoint
+from vaejax.batching import batch_indices, num_batches
 from vaejax.config import Config
 from vaejax.devices import choose_loop, choose_micro_batches, plan_devices
 from vaejax.errors import VaejaxError
-from vaejax.models import binarize_pixels, build_model, images_to_float, init_params
-from vaejax.steps import batch_gradient, batch_indices, batch_loss, init_state, num_batches, seed_keys
+from vaejax.inference import binarize_pixels
+from vaejax.keys import seed_keys
+from vaejax.models import build_model, images_to_float, init_params
+from vaejax.steps import LossSpec, init_state
 from vaejax.training import Trainer, train
 
 
@@ -102,7 +106,7 @@ def test_last_partial_batch_is_used_and_compiled_once(small_mnist, micro_batches
     trainer = Trainer(model, optimizer, 100, small_mnist, keys.eval, plan)
     state = init_state(model, optimizer, keys, trainer.steps)
     for _ in range(2):
-        state = trainer.train_epoch(state).replace(step=jnp.int32(0))
+        state = trainer.train_epoch(state, *trainer.shuffle(state.rng)[1:]).replace(step=jnp.int32(0))
         trainer.evaluate(state.params)  # 300 test images: one padded batch of 1000
     assert int(state.opt_state[0].count) == 2 * num_batches(512, 100) == 12
     assert trainer.train_step._cache_size() == 1
@@ -249,7 +253,7 @@ def test_dynamic_binarization_draws_a_fresh_binary_batch_from_the_step_key(small
 
 def test_binarized_run_evaluates_on_the_fixed_binary_test_set(tmp_path, small_mnist):
     trainer = Trainer(build_model("dense_ae", 2), optax.adam(1e-3), 64, small_mnist, seed_keys(0).eval,
-                      plan_devices("dense_ae", 64), binarize=True)
+                      plan_devices("dense_ae", 64), LossSpec(binarize=True))
     test_images = np.asarray(trainer.test_data[0])
     assert set(np.unique(test_images).tolist()) == {0, 255}
     result = train(dense_config(tmp_path, binarize="dynamic"), small_mnist, log=quiet)

@@ -1,4 +1,5 @@
-"""Apply a compiled function to many rows in batches of one shape."""
+"""Batches of one shape: how many an epoch has, which rows batch i holds (padded, with its weights), and a
+compiled function applied to many rows in batches."""
 
 from __future__ import annotations
 
@@ -7,6 +8,20 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+SET_BATCH = 1000  # rows per compiled call when a whole set is evaluated, encoded, decoded or classified
+
+
+def num_batches(count: int, batch_size: int) -> int:
+    return -(-count // batch_size)
+
+
+def batch_indices(order: jax.Array, step: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
+    """Indices of batch `step` in `order`, padded to `batch_size`, and 1/0 weights marking real ones."""
+    positions = step * batch_size + jnp.arange(batch_size)
+    count = order.shape[0]
+    weights = (positions < count).astype(jnp.float32)
+    return order[jnp.minimum(positions, count - 1)], weights
 
 
 def map_batches(function: Callable, arrays: tuple, batch_size: int, pass_batch_index: bool = False):

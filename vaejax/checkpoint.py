@@ -1,10 +1,12 @@
-"""The work directory: config, metrics, atomic msgpack checkpoints and the final params.
+"""The work directory: config, metrics, atomic msgpack checkpoints and the final params, and the
+`RunDirectory` a run opens once from its config to reach them all.
 
 Checkpoints are msgpack (flax.serialization): loading one decodes plain arrays and never runs code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -19,7 +21,15 @@ from flax import serialization
 
 from vaejax.config import Config, check_option_types
 from vaejax.errors import VaejaxError
-from vaejax.files import atomic_write, make_folder, parse_json, read_json, read_regular_file, write_json
+from vaejax.files import (
+    WorkdirLock,
+    atomic_write,
+    make_folder,
+    parse_json,
+    read_json,
+    read_regular_file,
+    write_json,
+)
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -41,6 +51,48 @@ HISTORY_DEPTH = 3  # [{"train": {...}}]
 LEAF_BYTES = 1024  # msgpack's name, shape and dtype of one array, far more than they take
 MARGIN_BYTES = 2**20  # the envelope, the checksum, the small fields; records of a run resumed with fewer --epochs
 MAX_CHECKPOINT_BYTES = 2**32  # when no model says what its state takes (`decode_checkpoint`'s default)
+
+
+class RunDirectory:
+    """The work directory of the run `config` describes, opened once: its path, its identity (the config)
+    and whether this process writes it. The writing process holds its lock (vaejax.files.WorkdirLock)
+    from `open` until the run ends; every other process (over `jax.distributed`) reads it to resume and
+    writes nothing: its `save`, `write_metrics`, `save_params` and `discard_params` do nothing."""
+
+    def __init__(self, config: Config, writes: bool = True):
+        self.path, self.config, self.writes = Path(config.workdir), config, writes
+
+    def open(self, owned: contextlib.ExitStack, environment: dict, log: Callable[[str], None]) -> None:
+        """Take the lock (released when `owned` closes) and write config.json (see `prepare_workdir`)."""
+        if not self.writes:
+            return
+        owned.enter_context(WorkdirLock(self.path))
+        changed = prepare_workdir(self.path, self.config, environment)
+        if changed:
+            log(f"warning: resuming with another {', '.join(changed)} than the run began with: the result "
+                "will not equal an uninterrupted run's bits (config.json keeps both)")
+
+    def restore(self, template, log: Callable[[str], None] = print):
+        """(state, history) to start from: with --resume, the checkpoint's (`restore_state`); else (template, [])."""
+        return restore_state(self.path, self.config, template, log) if self.config.resume else (template, [])
+
+    def save(self, state, history: list[dict]) -> None:
+        """A checkpoint of `state` (host arrays) and `history`, then metrics.jsonl from the same history."""
+        if self.writes:
+            save_state(self.path, self.config, state, history)
+            write_metrics(self.path, history)
+
+    def write_metrics(self, history: list[dict]) -> None:
+        if self.writes:
+            write_metrics(self.path, history)
+
+    def save_params(self, params) -> None:
+        if self.writes:
+            save_params(self.path, params)
+
+    def discard_params(self) -> None:
+        if self.writes:
+            discard_params(self.path)
 
 
 def prepare_workdir(workdir: Path, config: Config, environment: dict | None = None) -> list[str]:

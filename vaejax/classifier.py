@@ -20,18 +20,16 @@ from flax import linen as nn
 from flax import serialization
 
 from vaejax import checkpoint
-from vaejax.batching import map_batches
+from vaejax.batching import SET_BATCH, batch_indices, map_batches, num_batches
 from vaejax.data import IMAGE_SIDE, NUM_CLASSES, Dataset
 from vaejax.errors import VaejaxError
 from vaejax.files import atomic_write, make_folder, read_json, write_json
 from vaejax.models import images_to_float
-from vaejax.steps import batch_indices, num_batches
 
 CLASSIFIER_EPOCHS = 5
 CLASSIFIER_BATCH = 128
 CLASSIFIER_LEARNING_RATE = 1e-3
 FEATURES = 128
-PREDICT_BATCH = 1000
 RECIPE_VERSION = 2  # bump when the network or its training changes, so cached classifiers are retrained
 INFO_BYTES = 2**16  # classifier.json: four short fields
 
@@ -61,7 +59,7 @@ class Classifier:
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Float images (N, 28, 28) or (N, 784) in [0, 1] -> (class probabilities, features), in batches."""
         images = np.asarray(images, np.float32).reshape(-1, IMAGE_SIDE, IMAGE_SIDE, 1)
-        logits, features = map_batches(lambda images: self._apply(self.params, images), (images,), PREDICT_BATCH)
+        logits, features = map_batches(lambda images: self._apply(self.params, images), (images,), SET_BATCH)
         return np.asarray(jax.nn.softmax(logits)), features
 
     def accuracy(self, images: np.ndarray, labels: np.ndarray) -> float:

@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="none (default): train on grey levels; dynamic: each step draws binary pixels with probability "
              "equal to the intensity, and the test set is binarized once (for NLLs comparable with papers)")
     add("--loop", default=Config.loop,
-        help="step: one compiled call per step; scan: one lax.scan per epoch; unrolled: the same scan with 8 "
-             "steps per loop iteration; auto (default): scan on GPU and TPU, on CPU the fastest measured")
+        help="step: one compiled call per step; scan: one lax.scan per epoch; auto (default): scan on GPU and "
+             "TPU, on CPU the fastest measured")
     add("--micro_batches", type=micro_batches, default=Config.micro_batches,
         help="compute each batch's gradient as the sum over N parts of it, differentiated side by side "
              "(XLA:CPU then runs the convolutions on several cores; same function, other bits); auto "
@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
              "Tucker et al.'s doubly reparameterised encoder gradient")
     add("--train_samples", type=int, default=Config.train_samples,
         help="latent draws per image each step (default: %(default)s; the IWAE paper: 5 or 50)")
+    add("--beta", type=float, default=Config.beta,
+        help="weight of the KL term in a VAE's training ELBO, Higgins et al.'s beta-VAE (default: %(default)s, "
+             "the seeds' loss; --objective elbo only); the evaluation reports the true ELBO (beta 1) either way")
     add("--schedule", default=Config.schedule,
         help="constant (default): Adam at --learning_rate; iwae: Burda et al.'s 3^i epochs at "
              "--learning_rate * 10^(-i/7), i = 0..7 (3,280 epochs in all), Adam epsilon 1e-4")
@@ -81,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"GPU: allow XLA's nondeterministic kernels (by default XLA_FLAGS gets {DETERMINISTIC_XLA_FLAG} "
              "before JAX starts, so the same seed gives the same bits); CPU and TPU are deterministic anyway")
     add("--deterministic", dest="deterministic", action="store_true",
-        help="the default (kept for older scripts): deterministic GPU kernels")
+        help="changes nothing: deterministic GPU kernels are the default (accepted for older scripts)")
     distributed = parser.add_argument_group(
         "several hosts", "jax.distributed: start the same command on every host; process 0 writes the work directory")
     distributed.add_argument("--distributed", action="store_true",

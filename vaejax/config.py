@@ -18,14 +18,13 @@ from vaejax.validation import require as _require
 
 MODELS = ("conv_vae", "conv_cvae", "dense_ae", "mlp_vae")
 SCHEDULES = ("constant", "iwae")
-OBJECTIVES = ("elbo", "iwae", "dreg")  # vaejax.losses.Objective
+OBJECTIVES = ("elbo", "iwae", "dreg")  # vaejax.steps.LossSpec
 BINARIZATIONS = ("none", "dynamic")
-LOOPS = ("auto", "step", "scan", "unrolled")
+LOOPS = ("auto", "step", "scan")
 DATASET_NAME = re.compile(r"[a-z][a-z0-9_]*(/[a-z0-9_.]+)?(:[0-9.*]+)?")  # TFDS's name[/config][:version]
 MAX_TRAIN_IMAGES = MAX_EXAMPLES
 MAX_TEST_IMAGES_SHOWN = 100  # the reconstruction figure; drawing grows with it
 MAX_TRAIN_SAMPLES = 5000  # the largest k of the papers; memory bounds it further (vaejax.training)
-VARIATIONAL_MODELS = ("conv_vae", "conv_cvae", "mlp_vae")
 
 # The seeds' settings: seed 000 (TF1 conv VAE) and seed 003 (Keras dense AE, Keras' default batch).
 MODEL_DEFAULTS = {
@@ -41,10 +40,11 @@ MODEL_DEFAULTS = {
 RESULT_FIELDS = (
     "model", "dataset", "data_dir", "latent_dim", "inputs_decoder", "batch_size",
     "learning_rate", "seed", "limit", "loop", "binarize", "micro_batches", "objective", "train_samples", "schedule",
+    "beta",
 )
 # Options added after runs were made: they enter a run's identity only when set, so those runs
 # (whose config.json lacks them) still resume and keep their hash.
-LATER_FIELDS = {"objective": "elbo", "train_samples": 1, "schedule": "constant"}
+LATER_FIELDS = {"objective": "elbo", "train_samples": 1, "schedule": "constant", "beta": 1.0}
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,10 @@ class Config:
     tensorboard: bool = True
     binarize: str = "none"
     micro_batches: int | None = None  # None: auto (measured per backend and model)
-    objective: str = "elbo"  # vaejax.losses.Objective
+    objective: str = "elbo"  # vaejax.steps.LossSpec
     train_samples: int = 1
     schedule: str = "constant"
+    beta: float = 1.0  # the ELBO's KL weight (vaejax.steps.LossSpec); 1: the seeds' loss
 
     def resolved(self) -> Config:
         """Fill model defaults and the default work directory, then validate."""
@@ -92,6 +93,8 @@ class Config:
 
     def validate(self) -> None:
         """Raise VaejaxError naming the first invalid option; every bound is stated in README's flag table."""
+        from vaejax.models import build_model  # which models are VAEs, as the models themselves say
+
         _require(DATASET_NAME.fullmatch(self.dataset) is not None,
                  f"--dataset must be mnist or a TFDS name such as fashion_mnist, got {self.dataset!r}")
         if self.data_dir is not None:
@@ -126,10 +129,20 @@ class Config:
                  f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         validation.whole_number("--train_samples", self.train_samples, 1, MAX_TRAIN_SAMPLES,
                                 "draws decoded per image each step")
-        _require(self.model in VARIATIONAL_MODELS or (self.objective == "elbo" and self.train_samples == 1),
+        variational = [name for name in MODELS if build_model(name, 1).variational]
+        _require(self.model in variational or (self.objective == "elbo" and self.train_samples == 1),
                  f"--objective {self.objective} --train_samples {self.train_samples} needs a VAE "
-                 f"({', '.join(VARIATIONAL_MODELS)}); {self.model} has no posterior to sample")
+                 f"({', '.join(variational)}); {self.model} has no posterior to sample")
+        validation.positive_finite("--beta", self.beta)
+        _require(self.beta == 1.0 or (self.model in variational and self.objective == "elbo"),
+                 f"--beta {self.beta} weighs the KL of a VAE's ELBO: it needs --objective elbo and a VAE "
+                 f"({', '.join(variational)}), not {self.model} with --objective {self.objective}")
         _require(self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+
+    @property
+    def binarized(self) -> bool:
+        """Trained on dynamically binarized pixels, so evaluated on the test set's one fixed binarization."""
+        return self.binarize == "dynamic"
 
     def check_dataset(self, train_images: int) -> None:
         """The bounds that follow from the data: a batch and a limit no larger than the training set."""

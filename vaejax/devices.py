@@ -113,8 +113,8 @@ class DevicePlan:
     device_count: int
     process_index: int
     process_count: int
-    loop: str  # "step": one compiled call per step; "scan", "unrolled": one per epoch
-    micro_batches: int  # parts of a batch computed side by side (steps.micro_batch_loss)
+    loop: str  # "step": one compiled call per step; "scan": one per epoch
+    micro_batches: int  # parts of a batch computed side by side (steps.micro_batched)
     deterministic_kernels: bool
     batch_sharding: NamedSharding | None  # the batch split over the devices; None on one device
     replicated: NamedSharding | None
@@ -133,7 +133,7 @@ class DevicePlan:
     @property
     def epoch_in_one_call(self) -> bool:
         """Training (and evaluation, all test batches) as one compiled loop per epoch."""
-        return self.loop in ("scan", "unrolled")
+        return self.loop == "scan"
 
     def eval_sharding(self, eval_batch_size: int) -> NamedSharding | None:
         """Test batches are split over the devices too, when they divide evenly."""

@@ -30,18 +30,12 @@ from vaejax.batching import map_batches
 from vaejax.command import Command, OneLineParser
 from vaejax.config import MAX_TRAIN_IMAGES
 from vaejax.data import IMAGE_PIXELS, IMAGE_SIDE, Dataset
-from vaejax.losses import bce_from_logits, gaussian_kl, importance_log_weights, iwae_bound
+from vaejax.inference import METRIC_PRECISION, evaluation_images, latent_means
+from vaejax.keys import command_keys
+from vaejax.losses import bce_from_logits, drawn_log_weights, gaussian_kl, iwae_bound
 from vaejax.metrics import frechet_distance, gaussian_statistics, mse, prediction_statistics, psnr, ssim
-from vaejax.models import (
-    AutoEncoder,
-    activation_bytes_per_image,
-    binarized_test_images,
-    decode,
-    encode,
-    images_to_float,
-)
-from vaejax.samplers import Sampler, SamplerSpec, fitted_sampler, latent_means, parse_sampler
-from vaejax.steps import METRIC_PRECISION, root_key
+from vaejax.models import AutoEncoder, activation_bytes_per_image, decode, encode, images_to_float
+from vaejax.samplers import Sampler, SamplerSpec, balanced_labels, fitted_sampler, parse_sampler, sampled_pixels
 
 EVALUATION_FILE = "evaluation.json"
 MAX_CHUNK = 50  # importance samples decoded at once per image
@@ -79,7 +73,7 @@ def likelihood_metrics(model: AutoEncoder, params, images: np.ndarray, labels: n
         def decode_logits(z):
             return decode(model, params, z, repeated_labels)
 
-        log_weights, log_likelihoods = importance_log_weights(
+        log_weights, log_likelihoods = drawn_log_weights(
             decode_logits, pixels.reshape(-1, IMAGE_PIXELS), mean, std, jax.random.fold_in(key, batch), samples, chunk)
         bce = -log_likelihoods.mean(axis=-1)
         kl = gaussian_kl(mean, std)
@@ -122,8 +116,6 @@ def sample_quality(model: AutoEncoder, params, dataset: Dataset, classifier, key
                    samplers: list[Sampler], test_codes: np.ndarray | None = None) -> dict[str, dict]:
     """Images generated from each sampler against the test set (and, given `test_codes`, the test
     codes' mean log-density under the sampler), and `count` real training images as the floor."""
-    from vaejax.generate import balanced_labels, sampled_pixels
-
     _, test_features = classifier.predict(dataset.test_images / 255.0)
     reference = gaussian_statistics(test_features)
     labels = balanced_labels(count) if model.conditional else None
@@ -208,12 +200,11 @@ def _evaluate_run(options: EvaluateOptions, log: Callable[[str], None]) -> dict:
     dataset = load_dataset(config.dataset, config.data_dir)
     validation.require(limit is None or limit <= len(dataset.test_images),
                        f"--limit {limit} is more than the {len(dataset.test_images)} test images")
-    test_images, test_labels = dataset.test_images[:limit], dataset.test_labels[:limit].astype(np.int32)
-    if config.binarize == "dynamic":
-        test_images = binarized_test_images(test_images)
-    likelihood_key, sample_key = jax.random.split(root_key(options.seed))
+    test_images = evaluation_images(dataset.test_images[:limit], config.binarized)
+    test_labels = dataset.test_labels[:limit].astype(np.int32)
+    likelihood_key, sample_key = command_keys(options.seed)
     specs = options.sampler_specs(model) if classifier_dir is not None else []
-    samplers = [fitted_sampler(workdir, model, params, dataset, spec, binarize=config.binarize == "dynamic", log=log)
+    samplers = [fitted_sampler(workdir, model, params, dataset, spec, binarize=config.binarized, log=log)
                 for spec in specs]
     # Trained (and cached) at the backend's default precision, whoever asks for it first.
     classifier = cached_classifier(dataset, classifier_dir, log=log) if samplers else None

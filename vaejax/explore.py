@@ -55,10 +55,21 @@ from vaejax.command import Command, OneLineParser
 from vaejax.config import Config
 from vaejax.data import IMAGE_PIXELS, IMAGE_SIDE, NUM_CLASSES
 from vaejax.errors import VaejaxError
-from vaejax.figures import cell_extent, linear_grid_values, normal_grid_values, principal_plane
-from vaejax.generate import INTERPOLATION_STEPS, to_uint8
+from vaejax.inference import (
+    INTERPOLATION_STEPS,
+    cell_extent,
+    evaluation_images,
+    full_precision,
+    latent_means,
+    linear_grid_values,
+    make_pixel_decoder,
+    normal_grid_values,
+    principal_plane,
+    prior_draws,
+    to_uint8,
+)
+from vaejax.keys import root_key
 from vaejax.models import AutoEncoder, decode, encode, images_to_float
-from vaejax.steps import encode_in_batches, full_precision, make_mean_encoder
 
 PROG = "python -m vaejax.explore"
 GRID_POINTS = 14 * 14  # the figures' grids
@@ -185,7 +196,7 @@ def numbers(value, length: int, name: str, low: float = -np.inf, high: float = n
     return array.astype(np.float32)
 
 
-def whole_number(value, name: str, low: int, high: int) -> int:
+def requested_integer(value, name: str, low: int, high: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise BadRequest(f"{name} must be a whole number from {low} to {high}")
     return value
@@ -214,11 +225,11 @@ class Explorer:
         self.latent_dim, self.history = config.latent_dim, history
         self.test_labels, self.class_names = test_labels, list(class_names)
         self.lock = threading.Lock()
-        # Reported pixels and codes at full float32 precision, as the figures and evaluation compute them.
-        self.to_pixels = jax.jit(full_precision(
-            lambda params, z, class_weights: jax.nn.sigmoid(decode(model, params, z, class_weights))))
+        # Reported pixels and codes at full float32 precision, as the figures and evaluation compute them;
+        # its own decoder, compiled for the fixed sizes that `warm_up` compiles.
+        self.to_pixels = make_pixel_decoder(model)
         self.to_code = jax.jit(full_precision(self.code_and_reconstruction))
-        self.test_means = encode_in_batches(make_mean_encoder(model), params, test_images, test_labels)
+        self.test_means = latent_means(model, params, test_images, test_labels)
         self.z_limit = self.latent_limit()
         self.warm_up()
 
@@ -248,7 +259,7 @@ class Explorer:
     def requested_label(self, request: dict) -> int:
         """The class asked for (checked wherever given); an unconditional model decodes class 0."""
         if "label" in request:
-            label = whole_number(request["label"], "label", 0, NUM_CLASSES - 1)
+            label = requested_integer(request["label"], "label", 0, NUM_CLASSES - 1)
             return label if self.model.conditional else 0
         if self.model.conditional:
             raise BadRequest(f"label (0 to {NUM_CLASSES - 1}) is required by a class-conditional model")
@@ -357,7 +368,7 @@ class Explorer:
         if "z" in end:
             label = self.requested_label(request)
             return self.point(end["z"], f"{name}.z"), self.class_weights(label, 1)[0]
-        index = whole_number(end["index"], f"{name}.index", 0, len(self.test_means) - 1)
+        index = requested_integer(end["index"], f"{name}.index", 0, len(self.test_means) - 1)
         return self.test_means[index], self.class_weights(self.test_labels[index], 1)[0]
 
     def interpolate(self, request: dict) -> dict:
@@ -371,8 +382,8 @@ class Explorer:
         only(request, "seed", "label")
         if not self.model.variational:
             raise BadRequest("a plain autoencoder has no prior to sample from", HTTPStatus.CONFLICT)
-        seed = whole_number(request.get("seed"), "seed", 0, 2**31 - 1)
-        z = np.asarray(jax.random.normal(jax.random.key(seed), (SAMPLE_COUNT, self.latent_dim)))
+        seed = requested_integer(request.get("seed"), "seed", 0, 2**31 - 1)
+        z = np.asarray(prior_draws(root_key(seed), SAMPLE_COUNT, self.latent_dim))
         pixels = self.pixels(z, self.class_weights(self.requested_label(request), SAMPLE_COUNT))
         return {"z": z.tolist(), "pixels": pixels.tolist()}
 
@@ -392,13 +403,10 @@ def load_explorer(workdir: Path) -> Explorer:
     """The finished run in `workdir` with its test set (binarized as evaluation does, if trained so)."""
     from vaejax.checkpoint import load_finished_run
     from vaejax.data import load_dataset
-    from vaejax.models import binarized_test_images
 
     config, model, params, history = load_finished_run(workdir)
     dataset = load_dataset(config.dataset, config.data_dir)
-    test_images = dataset.test_images
-    if config.binarize == "dynamic":
-        test_images = binarized_test_images(test_images)
+    test_images = evaluation_images(dataset.test_images, config.binarized)
     return Explorer(config, model, params, history, test_images, dataset.test_labels, dataset.class_names)
 
 

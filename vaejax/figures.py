@@ -28,13 +28,22 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from vaejax.config import Config  # noqa: E402
 from vaejax.data import IMAGE_SIDE, Dataset  # noqa: E402
 from vaejax.files import atomic_write, make_folder  # noqa: E402
-from vaejax.models import AutoEncoder, decode  # noqa: E402
-from vaejax.steps import encode_in_batches, full_precision, make_mean_encoder, seed_keys  # noqa: E402
+from vaejax.inference import (  # noqa: E402
+    NORMAL_GRID_PROBABILITIES,
+    cell_extent,
+    latent_means,
+    linear_grid_values,
+    mean_encoder,
+    normal_grid_values,
+    pixel_decoder,
+    principal_plane,
+    prior_draws,
+)
+from vaejax.keys import seed_keys  # noqa: E402
+from vaejax.models import AutoEncoder  # noqa: E402
 
 DPI = 100
 SAMPLE_GRID = 8
-SEED_GRID_VALUES = np.arange(-3, 4, 0.5)  # seed 000's linear 14x14 grid
-NORMAL_GRID_PROBABILITIES = np.linspace(0.05, 0.95, 14)  # Kingma & Welling's layout through the inverse CDF
 
 
 @dataclass
@@ -87,13 +96,11 @@ class RunFigures:
         self.kept: dict[str, Figure] = {}  # figures made once and updated each epoch (`save`)
         # At the evaluation's full float32 precision: training's figures use its latent means, and a
         # redraw (`python -m vaejax.plot`) must give the same picture on every backend.
-        self.to_pixels = jax.jit(full_precision(lambda params, z, labels=None:
-                                                jax.nn.sigmoid(decode(model, params, z, labels))))
-        self.to_means = make_mean_encoder(model)
+        self.to_pixels, self.to_means = pixel_decoder(model), mean_encoder(model)
 
     def test_means(self, params, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Latent means of many images, encoded in batches."""
-        return encode_in_batches(self.to_means, params, images, labels)
+        return latent_means(self.model, params, images, labels)
 
     def write_epoch(self, epoch: int, params, history: list[dict]) -> EpochImages:
         """All figures of `epoch` (its number in the file names), drawn with `params`, and the
@@ -210,31 +217,10 @@ def move_points(axis, coords: np.ndarray, labels: np.ndarray) -> None:
 def prior_grid(sample_key: jax.Array, latent_dim: int, num_classes: int) -> tuple[jax.Array, jax.Array | None]:
     """The figures' fixed prior draws: SAMPLE_GRID**2 of them; for a conditional model SAMPLE_GRID,
     each repeated once per class, with the class labels (one program, not one per operation)."""
-    z = jax.random.normal(sample_key, (SAMPLE_GRID**2, latent_dim))
+    z = prior_draws(sample_key, SAMPLE_GRID**2, latent_dim)
     if not num_classes:
         return z, None
     return jnp.repeat(z[:SAMPLE_GRID], num_classes, axis=0), jnp.tile(jnp.arange(num_classes), SAMPLE_GRID)
-
-
-def linear_grid_values(coords: np.ndarray, variational: bool) -> tuple[np.ndarray, np.ndarray]:
-    """z values of the linear grid along the two axes of 2-d `coords`: the seed's fixed grid for a VAE;
-    a plain AE has no prior, so its grid spans the bulk of its codes instead."""
-    if variational:
-        return SEED_GRID_VALUES, SEED_GRID_VALUES
-    return code_span(coords[:, 0]), code_span(coords[:, 1])
-
-
-def normal_grid_values() -> np.ndarray:
-    """z values of the inverse-CDF grid along one axis."""
-    return np.array([NormalDist().inv_cdf(p) for p in NORMAL_GRID_PROBABILITIES])
-
-
-def code_span(codes: np.ndarray, points: int = 14) -> np.ndarray:
-    """Grid values over the 1st-99th percentile of a code; a dead (constant) ReLU unit gets +-0.5."""
-    low, high = np.percentile(codes, [1, 99])
-    if high - low < 1e-6:
-        low, high = low - 0.5, high + 0.5
-    return np.linspace(low, high, points)
 
 
 def png_bytes(fig: Figure, close: bool = False) -> bytes:
@@ -268,14 +254,6 @@ def project_2d(means: np.ndarray) -> tuple[np.ndarray, str]:
     title = (f"Latent means ({means.shape[1]}-d) on their first two principal components "
              f"({explained:.0%} of the variance)")
     return (means - center) @ components.T, title
-
-
-def principal_plane(means: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """The plane of the first two principal components of `means` (N, d), d >= 2: its center (d,),
-    the components (2, d) and the share of the variance they explain."""
-    center = means.mean(axis=0)
-    _, singular, components = np.linalg.svd(means - center, full_matrices=False)
-    return center, components[:2], float((singular[:2] ** 2).sum() / (singular**2).sum())
 
 
 def plot_reconstructions(images: np.ndarray, reconstructions: np.ndarray, titles: list[str]):
@@ -363,12 +341,6 @@ def plot_latent_scatter(coords: np.ndarray, labels: np.ndarray, class_names, tit
 def normal_cdf(z: np.ndarray) -> np.ndarray:
     """The standard normal CDF, elementwise (float64)."""
     return np.vectorize(NormalDist().cdf)(z)
-
-
-def cell_extent(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float, float, float]:
-    """The area a grid of images covers: each image centred on its grid point."""
-    dx, dy = xs[1] - xs[0], ys[1] - ys[0]
-    return xs[0] - dx / 2, xs[-1] + dx / 2, ys[0] - dy / 2, ys[-1] + dy / 2
 
 
 def plot_latent_with_grid(means, labels, class_names, xs, ys, grid: np.ndarray):

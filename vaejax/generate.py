@@ -22,14 +22,14 @@ import numpy as np
 
 from vaejax import validation
 from vaejax.command import Command, OneLineParser
-from vaejax.data import IMAGE_PIXELS, IMAGE_SIDE, NUM_CLASSES, write_idx
+from vaejax.data import IMAGE_PIXELS, NUM_CLASSES, write_idx
 from vaejax.errors import VaejaxError
+from vaejax.inference import INTERPOLATION_STEPS, to_uint8
+from vaejax.keys import command_keys
 from vaejax.models import AutoEncoder, decode, encode, images_to_float
-from vaejax.samplers import Sampler, SamplerSpec, decode_latents, fitted_sampler, parse_sampler
-from vaejax.steps import root_key
+from vaejax.samplers import SamplerSpec, balanced_labels, fitted_sampler, parse_sampler, sampled_pixels
 
 SHEET_SIDE = 10  # the PNG sheet shows the first 10 x 10 images
-INTERPOLATION_STEPS = 10
 INTERPOLATION_PAIRS = 8
 MAX_IDX_COUNT = 2**32 - 1
 BYTES_PER_IMAGE = IMAGE_PIXELS * (4 + 1 + 4)  # float32 probabilities, uint8 image, and the NPZ's float32 copy
@@ -37,30 +37,11 @@ AUTO_SAMPLER = "auto"
 PLAIN_AUTOENCODER_SAMPLER = "gmm:10"  # Ghosh et al. 2020's ex-post mixture: ten components
 
 
-def balanced_labels(count: int) -> np.ndarray:
-    """0, 1, ..., 9, 0, 1, ...: every class equally often (up to one)."""
-    return (np.arange(count) % NUM_CLASSES).astype(np.uint8)
-
-
-
-
 def resolve_sampler(text: str, model: AutoEncoder) -> SamplerSpec:
     """`--sampler`: `auto` is the prior for a VAE and a 10-component mixture for a plain autoencoder."""
     if text == AUTO_SAMPLER:
         text = "prior" if model.variational else PLAIN_AUTOENCODER_SAMPLER
     return parse_sampler(text)
-
-
-def sampled_pixels(model: AutoEncoder, params, sampler: Sampler, key: jax.Array, count: int,
-                   labels: np.ndarray | None = None) -> np.ndarray:
-    """`count` images decoded from the sampler's latent draws, as pixel probabilities (count, 784).
-    A conditional model needs `labels` (count,); the draws are the same with or without them."""
-    return decode_latents(model, params, sampler.sample(key, count), labels)
-
-
-def to_uint8(pixels: np.ndarray) -> np.ndarray:
-    """Probabilities (N, 784) -> uint8 images (N, 28, 28), rounded as MNIST's grey levels are."""
-    return np.rint(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
 
 
 def interpolations(model: AutoEncoder, params, images: np.ndarray, labels: np.ndarray,
@@ -178,10 +159,10 @@ def _generate(options: GenerateOptions, log: Callable[[str], None]) -> list[Path
         raise VaejaxError(f"{config.model} generates a chosen class: pass --labels")
     spec = resolve_sampler(options.sampler, model)
     dataset = load_dataset(config.dataset, config.data_dir)
-    sampler = fitted_sampler(workdir, model, params, dataset, spec, binarize=config.binarize == "dynamic", log=log)
+    sampler = fitted_sampler(workdir, model, params, dataset, spec, binarize=config.binarized, log=log)
     log(f"sampler: {sampler.describe()}")
     labels = balanced_labels(options.count) if options.labels else None
-    sample_key, _ = jax.random.split(root_key(options.seed))
+    sample_key, _ = command_keys(options.seed)
     pixels = sampled_pixels(model, params, sampler, sample_key, options.count, labels)
     pair_images = dataset.test_images[:2 * INTERPOLATION_PAIRS]
     strips = interpolations(model, params, pair_images, dataset.test_labels[:2 * INTERPOLATION_PAIRS])

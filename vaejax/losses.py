@@ -1,11 +1,10 @@
 """The objective as small pure functions: BCE from logits, Gaussian KL, their batch mean, the
 importance-weighted bound on the log-likelihood (evaluation), and the training objectives that
-draw several samples per image (K-draw ELBO, IWAE, DReG)."""
+draw several samples per image (K-draw ELBO, IWAE, DReG), and the beta-VAE's KL weight."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -56,8 +55,8 @@ def gaussian_log_density(z: jax.Array, mean: jax.Array, std: jax.Array) -> jax.A
     return -0.5 * jnp.sum(((z - mean) / std) ** 2 + 2.0 * jnp.log(std) + jnp.log(2.0 * jnp.pi), axis=-1)
 
 
-def log_importance_weights(decode_logits: Callable[[jax.Array], jax.Array], targets: jax.Array, z: jax.Array,
-                           mean: jax.Array, std: jax.Array) -> tuple[jax.Array, jax.Array]:
+def log_weights(decode_logits: Callable[[jax.Array], jax.Array], targets: jax.Array, z: jax.Array,
+                mean: jax.Array, std: jax.Array) -> tuple[jax.Array, jax.Array]:
     """log w = log p(x|z) + log p(z) - log q(z|x) and log p(x|z), both (K, B), for draws `z` (K, B, d)
     of the B images `targets` (B, P) under q = N(`mean`, `std`^2) (B, d)."""
     samples, batch = z.shape[:2]
@@ -67,7 +66,7 @@ def log_importance_weights(decode_logits: Callable[[jax.Array], jax.Array], targ
     return log_likelihood + prior - gaussian_log_density(z, mean, std), log_likelihood
 
 
-def importance_log_weights(
+def drawn_log_weights(
     decode_logits: Callable[[jax.Array], jax.Array],
     targets: jax.Array,
     mean: jax.Array,
@@ -88,10 +87,10 @@ def importance_log_weights(
 
     def one_chunk(chunk_key):
         z = reparameterize(chunk_key, jnp.broadcast_to(mean, (chunk, *mean.shape)), std)  # (chunk, B, d)
-        return log_importance_weights(decode_logits, targets, z, mean, std)
+        return log_weights(decode_logits, targets, z, mean, std)
 
-    log_weights, log_likelihoods = jax.lax.map(one_chunk, jax.random.split(key, samples // chunk))
-    return (log_weights.reshape(samples, batch).T, log_likelihoods.reshape(samples, batch).T)
+    log_w, log_likelihoods = jax.lax.map(one_chunk, jax.random.split(key, samples // chunk))
+    return (log_w.reshape(samples, batch).T, log_likelihoods.reshape(samples, batch).T)
 
 
 def iwae_bound(log_weights: jax.Array) -> jax.Array:
@@ -103,53 +102,47 @@ def iwae_bound(log_weights: jax.Array) -> jax.Array:
     return jax.nn.logsumexp(log_weights, axis=-1) - jnp.log(log_weights.shape[-1])
 
 
-@dataclass(frozen=True)
-class Objective:
-    """The training loss. `elbo`: BCE averaged over `samples` draws per image plus the analytic KL
-    (one draw: the seeds' loss). `iwae`: Burda et al.'s `samples`-draw bound. `dreg`: the same bound
-    with Tucker et al.'s doubly reparameterised gradient for the encoder (lower variance)."""
-
-    name: str = "elbo"
-    samples: int = 1
-
-    @property
-    def single_draw_elbo(self) -> bool:
-        return self.name == "elbo" and self.samples == 1
-
-
 def importance_terms(decode_logits: Callable[[jax.Array], jax.Array], targets: jax.Array, mean: jax.Array,
-                     std: jax.Array, weights: jax.Array, key: jax.Array, objective: Objective) -> dict[str, jax.Array]:
-    """The weighted batch means of `objective`'s loss over `objective.samples` draws per image, and of
-    the draws' BCE and the analytic KL (reported beside it).
+                     std: jax.Array, weights: jax.Array, key: jax.Array, objective: str, samples: int
+                     ) -> dict[str, jax.Array]:
+    """The weighted batch means of `objective`'s loss over `samples` draws per image, and of the draws'
+    BCE and the analytic KL (reported beside it). `elbo`: the draws' mean BCE plus the analytic KL;
+    `iwae`: Burda et al.'s bound; `dreg`: its value with Tucker et al.'s doubly reparameterised
+    gradient for the encoder (lower variance).
 
     `decode_logits` maps latents (K * B, d) to logits; `targets` (B, P) are the pixels, `mean` and
     `std` (B, d) the encoder's q.
     """
-    z = reparameterize(key, jnp.broadcast_to(mean, (objective.samples, *mean.shape)), std)  # (K, B, d)
+    z = reparameterize(key, jnp.broadcast_to(mean, (samples, *mean.shape)), std)  # (K, B, d)
 
-    def log_weights(z, q_mean, q_std):
-        return log_importance_weights(decode_logits, targets, z, q_mean, q_std)
+    def weights_at(z, q_mean, q_std):
+        return log_weights(decode_logits, targets, z, q_mean, q_std)
 
     def batch_mean(per_image):
         return weighted_mean(per_image, weights)
 
     kl = batch_mean(gaussian_kl(mean, std))
-    if objective.name == "elbo":
-        _, log_likelihood = log_weights(z, mean, std)
+    if objective == "elbo":
+        _, log_likelihood = weights_at(z, mean, std)
         bce = batch_mean(-log_likelihood.mean(axis=0))
         return {"loss": bce + kl, "bce": bce, "kl": kl}
-    if objective.name == "iwae":
-        log_w, log_likelihood = log_weights(z, mean, std)
+    if objective == "iwae":
+        log_w, log_likelihood = weights_at(z, mean, std)
         loss = batch_mean(-iwae_bound(log_w.T))
         return {"loss": loss, "bce": batch_mean(-log_likelihood.mean(axis=0)), "kl": kl}
     # DReG: q's parameters enter log w only through z; the decoder gets the IWAE gradient (weights
     # w~), the encoder the squared weights w~^2 along z. Scaling z's gradient by w~ (z's value is
     # unchanged) and weighting log w by w~ gives both from one surrogate.
     frozen_z, frozen_mean, frozen_std = (jax.lax.stop_gradient(array) for array in (z, mean, std))
-    log_w, log_likelihood = log_weights(frozen_z, frozen_mean, frozen_std)
+    log_w, log_likelihood = weights_at(frozen_z, frozen_mean, frozen_std)
     normalized = jax.lax.stop_gradient(jax.nn.softmax(log_w, axis=0))  # w~, (K, B)
     value = batch_mean(-iwae_bound(log_w.T))
     scaled_z = frozen_z + normalized[..., None] * (z - frozen_z)
-    surrogate = batch_mean(-jnp.sum(normalized * log_weights(scaled_z, frozen_mean, frozen_std)[0], axis=0))
+    surrogate = batch_mean(-jnp.sum(normalized * weights_at(scaled_z, frozen_mean, frozen_std)[0], axis=0))
     loss = jax.lax.stop_gradient(value) + (surrogate - jax.lax.stop_gradient(surrogate))  # value: the bound's
     return {"loss": loss, "bce": batch_mean(-log_likelihood.mean(axis=0)), "kl": kl}
+
+
+def kl_weighted(terms: dict[str, jax.Array], beta: float) -> dict[str, jax.Array]:
+    """An ELBO's terms with the loss BCE + beta * KL (Higgins et al.'s beta-VAE); BCE and KL as they were."""
+    return terms | {"loss": terms["bce"] + beta * terms["kl"]}

@@ -1,4 +1,5 @@
-"""The two seed architectures as pure Flax Linen modules.
+"""The models as pure Flax Linen modules (the two seed architectures, the conditional one, the IWAE
+paper's MLP), and their functional face: build, init, encode, decode, reparameterize.
 
 Every model maps float images in [0, 1] of shape (B, 28, 28, 1) to pixel *logits* of shape (B, 784):
 the loss takes logits (stable BCE) and a sigmoid is applied only to draw pictures. Encoders return
@@ -15,7 +16,6 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
 from vaejax.data import IMAGE_PIXELS, IMAGE_SIDE, NUM_CLASSES
@@ -40,22 +40,6 @@ def conv_transpose(features: int) -> nn.ConvTranspose:
 def images_to_float(images_uint8: jax.Array) -> jax.Array:
     """uint8 (B, 28, 28) -> float32 (B, 28, 28, 1) in [0, 1]; done inside compiled code."""
     return (jnp.asarray(images_uint8).astype(jnp.float32) / 255.0)[..., None]
-
-
-# Dynamically binarized MNIST's test set is binarized once, with this key for every run, so that
-# evaluations of different runs and seeds see the same binary images.
-TEST_BINARIZATION_SEED = 0
-
-
-def binarize_pixels(key: jax.Array, images: jax.Array) -> jax.Array:
-    """Stochastic binarization: each pixel becomes 1 with probability equal to its intensity."""
-    return jax.random.bernoulli(key, images).astype(images.dtype)
-
-
-def binarized_test_images(images_uint8) -> np.ndarray:
-    """A fixed binarization of uint8 images, as uint8 0/255 (so it flows through the uint8 pipeline)."""
-    pixels = binarize_pixels(jax.random.key(TEST_BINARIZATION_SEED), jnp.asarray(images_uint8, jnp.float32) / 255.0)
-    return np.asarray(pixels, np.uint8) * np.uint8(255)
 
 
 def join_condition(features: jax.Array, condition: jax.Array | None) -> jax.Array:

@@ -23,16 +23,14 @@ import numpy as np
 from flax import serialization
 from scipy.special import logsumexp
 
-from vaejax.batching import map_batches
-from vaejax.data import Dataset
+from vaejax.data import NUM_CLASSES, Dataset
 from vaejax.errors import VaejaxError
 from vaejax.files import make_folder, read_json, write_json
-from vaejax.models import AutoEncoder, binarized_test_images, decode
-from vaejax.steps import encode_in_batches, make_mean_encoder
+from vaejax.inference import decode_latents, evaluation_images, latent_means, prior_draws
+from vaejax.models import AutoEncoder
 
 MAX_COMPONENTS = 1000  # far beyond what helps at any latent size; keeps a typo from a day-long fit
 DEFAULT_FIT_CODES = 20_000
-DECODE_BATCH = 1000
 SAMPLER_DIR = "samplers"
 FIT_VERSION = 1  # bump when the EM or the file changes, so cached fits are refitted
 REG_COVAR = 1e-6  # added to every covariance's diagonal, as scikit-learn's GaussianMixture does
@@ -199,7 +197,7 @@ class Sampler:
     def sample(self, key: jax.Array, count: int) -> np.ndarray:
         """`count` latent points (count, d) float32, all from `key`."""
         if self.spec.kind == "prior":  # drawn as vaejax.generate always has, so prior samples keep their bytes
-            return np.asarray(jax.random.normal(key, (count, self.mixture.means.shape[1])))
+            return np.asarray(prior_draws(key, count, self.mixture.means.shape[1]))
         return sample_mixture(self.mixture, key, count)
 
     def mean_log_likelihood(self, codes: np.ndarray) -> float:
@@ -218,22 +216,16 @@ def prior_sampler(model: AutoEncoder) -> Sampler:
     return Sampler(SamplerSpec("prior"), standard_normal(model.encoder.latent_dim))
 
 
-def latent_means(model: AutoEncoder, params, images: np.ndarray, labels: np.ndarray, binarize: bool = False
-                 ) -> np.ndarray:
-    """Latent means (N, d) of uint8 images (N, 28, 28), at full float32 precision. `binarize`: the fixed
-    binarization evaluation uses, for runs trained on dynamically binarized images."""
-    if binarize:
-        images = binarized_test_images(images)
-    return encode_in_batches(make_mean_encoder(model), params, images, labels)
+def balanced_labels(count: int) -> np.ndarray:
+    """0, 1, ..., 9, 0, 1, ...: every class equally often (up to one)."""
+    return (np.arange(count) % NUM_CLASSES).astype(np.uint8)
 
 
-def decode_latents(model: AutoEncoder, params, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
-    """Latent points (N, d) -> pixel probabilities (N, 784), in batches; a conditional model needs `labels`."""
-    if model.conditional and labels is None:
-        raise VaejaxError("a conditional model needs labels to generate")
-    to_pixels = jax.jit(lambda params, z, labels: jax.nn.sigmoid(decode(model, params, z, labels)))
-    labels = np.zeros(len(z), np.int32) if labels is None else np.asarray(labels, np.int32)
-    return map_batches(lambda z, labels: to_pixels(params, z, labels), (z, labels), DECODE_BATCH)
+def sampled_pixels(model: AutoEncoder, params, sampler: Sampler, key: jax.Array, count: int,
+                   labels: np.ndarray | None = None) -> np.ndarray:
+    """`count` images decoded from the sampler's latent draws, as pixel probabilities (count, 784).
+    A conditional model needs `labels` (count,); the draws are the same with or without them."""
+    return decode_latents(model, params, sampler.sample(key, count), labels)
 
 
 def params_sha256(params) -> str:
@@ -321,7 +313,7 @@ def fitted_sampler(workdir: Path, model: AutoEncoder, params, dataset: Dataset, 
         except VaejaxError as error:
             log(f"warning: {error}; refitting")
     log(f"fitting {spec} to the latent means of {len(images)} training images")
-    codes = latent_means(model, params, images, labels, binarize)
+    codes = latent_means(model, params, evaluation_images(images, binarize), labels)
     fit = fit_mixture(codes, spec.components, seed)
     save_fit(path, setting, fit)
     log(f"{spec}: mean log-likelihood {fit.log_likelihood:.4f} nats per code after {fit.iterations} EM iterations"

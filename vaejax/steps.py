@@ -1,14 +1,15 @@
-"""The pure part of training: train state, keys, the batch loss and its gradient, the train and eval
-steps, and the metric sums. No device decisions here (vaejax.devices), no loop (vaejax.training).
+"""The pure part of training: the train state, the batch, the loss as a spec, and the train and eval
+steps with their scans and metric sums. No device decisions here (vaejax.devices), no loop
+(vaejax.training), no key derived here that vaejax.keys does not name.
 
-Randomness: one seed gives a root key, split once into the init key, the training stream (stored
-in the state; each epoch's key splits into the next epoch's key, a shuffle key, and a step key
-folded with the step index), the fixed evaluation key, and the fixed key for figure samples.
+    loss_fn = micro_batched(make_loss(model, spec), parts)       # (params, batch, key) -> (loss, (terms, means))
+    train_step = make_train_step(loss_fn, optimizer, batch_size)  # (state, images, labels, order, step key) -> state
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import jax
@@ -18,15 +19,15 @@ import optax
 from flax import struct
 from jax.sharding import NamedSharding
 
-from vaejax.batching import map_batches
+from vaejax.batching import SET_BATCH, batch_indices
 from vaejax.data import IMAGE_PIXELS
-from vaejax.losses import Objective, importance_terms, loss_terms
-from vaejax.models import AutoEncoder, binarize_pixels, decode, encode, images_to_float, init_params
+from vaejax.inference import binarize_pixels, full_precision
+from vaejax.keys import SeedKeys, binarization_keys, eval_batch_key, part_key, step_key
+from vaejax.losses import importance_terms, kl_weighted, loss_terms
+from vaejax.models import AutoEncoder, decode, encode, images_to_float, init_params
 
-EVAL_BATCH_SIZE = 1000
 METRIC_NAMES = ("loss", "bce", "kl")
-SCAN_UNROLL = 8  # steps per loop iteration of `--loop unrolled`
-ELBO = Objective()  # the seeds' loss: one draw, analytic KL
+NO_STEP = np.iinfo(np.int32).max
 
 
 @struct.dataclass
@@ -35,37 +36,164 @@ class TrainState:
 
     params: dict
     opt_state: optax.OptState
-    rng: jax.Array  # this epoch's key (split into shuffle and step keys); advanced when the epoch ends
+    rng: jax.Array  # this epoch's key (vaejax.keys.epoch_keys); advanced when the epoch ends
     epoch: jax.Array  # epochs completed
     step: jax.Array  # steps completed in the current epoch
     sums: dict  # the current epoch's metric sums so far
 
 
+@struct.dataclass
+class Batch:
+    """A batch as one pytree: it is gathered, sharded, split and scanned as one value."""
+
+    images: jax.Array  # uint8 (B, 28, 28)
+    labels: jax.Array  # (B,)
+    weights: jax.Array  # 1 for real images, 0 for the padding of a short last batch
+
+    def split(self, parts: int) -> list[Batch]:
+        """`parts` consecutive parts of the batch (the first ones one row longer when it does not divide)."""
+        pieces = (jnp.array_split(array, parts) for array in (self.images, self.labels, self.weights))
+        return [Batch(*arrays) for arrays in zip(*pieces, strict=True)]
+
+
 @dataclass(frozen=True)
-class SeedKeys:
-    init: jax.Array
-    train: jax.Array
-    eval: jax.Array
-    sample: jax.Array
+class LossSpec:
+    """The training loss. `elbo`: BCE averaged over `samples` draws per image plus the analytic KL
+    weighted by `beta` (one draw, beta 1: the seeds' loss; beta != 1: Higgins et al.'s beta-VAE).
+    `iwae`: Burda et al.'s `samples`-draw bound. `dreg`: the same bound with Tucker et al.'s doubly
+    reparameterised gradient for the encoder. `binarize`: pixels are first drawn as Bernoulli(intensity)."""
+
+    objective: str = "elbo"
+    samples: int = 1
+    binarize: bool = False
+    beta: float = 1.0
+
+    @property
+    def single_draw_elbo(self) -> bool:
+        return self.objective == "elbo" and self.samples == 1
 
 
-def root_key(seed: int) -> jax.Array:
-    """The key of a seed from 0 to 2^64 - 1. JAX (without x64) keeps a seed's low 32 bits only, so
-    2^32 would alias 0: a seed's high 32 bits are folded into the key of its low ones. Seeds below
-    2^32 give `jax.random.key(seed)` itself."""
-    low, high = seed & 0xFFFFFFFF, seed >> 32
-    key = jax.random.key(low)
-    return jax.random.fold_in(key, high) if high else key
+EVAL_LOSS = LossSpec()  # the evaluation's: the true one-draw ELBO of the (already binarized) test images
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _split_seed(seed: int) -> tuple[jax.Array, ...]:
-    return tuple(jax.random.split(root_key(seed), 4))  # four outputs: no eager unstack after
+def make_loss(model: AutoEncoder, spec: LossSpec) -> Callable:
+    """(params, batch, key) -> (the weighted batch loss, (its terms, the batch's latent means))."""
+
+    def loss(params, batch: Batch, key: jax.Array):
+        images = images_to_float(batch.images)
+        if spec.binarize:
+            binarize_key, key = binarization_keys(key)
+            images = binarize_pixels(binarize_key, images)
+        targets = images.reshape(-1, IMAGE_PIXELS)
+        if spec.single_draw_elbo:
+            logits, mean, std = model.apply({"params": params}, images, key, batch.labels)
+            terms = loss_terms(logits, targets, mean, std, batch.weights)
+        else:
+            mean, std = encode(model, params, images, batch.labels)
+            repeated_labels = jnp.tile(batch.labels, spec.samples)  # draw-major, as z
+            terms = importance_terms(lambda z: decode(model, params, z, repeated_labels), targets, mean, std,
+                                     batch.weights, key, spec.objective, spec.samples)
+        if spec.beta != 1.0:  # beta 1 traces the seeds' graph itself
+            terms = kl_weighted(terms, spec.beta)
+        return terms["loss"], (terms, mean)
+
+    return loss
 
 
-def seed_keys(seed: int) -> SeedKeys:
-    """Every key of a run, derived from `--seed` alone."""
-    return SeedKeys(*_split_seed(seed))
+def micro_batched(loss_fn: Callable, parts: int) -> Callable:
+    """`loss_fn` computed over `parts` consecutive parts of the batch, with the same signature.
+
+    Each part's terms are weighted by its share of the batch's real images and added: the same
+    function as the whole batch, other rounding, other noise (part i draws from its own key).
+    The parts are independent sub-graphs, forward and backward, and XLA:CPU runs independent
+    sub-graphs side by side while it runs one convolution on one core (benchmarks/layer_profile.py,
+    loop_structure.py): that is what they are for.
+    """
+    if parts == 1:
+        return loss_fn
+
+    def loss(params, batch: Batch, key: jax.Array):
+        count = jnp.maximum(batch.weights.sum(), 1.0)
+        weighted_terms, means = [], []
+        for index, part in enumerate(batch.split(parts)):
+            share = part.weights.sum() / count  # a part's terms are means over its own real images
+            _, (terms, mean) = loss_fn(params, part, part_key(key, index))
+            weighted_terms.append(jax.tree.map(lambda term, share=share: term * share, terms))
+            means.append(mean)
+        terms = jax.tree.map(lambda *parts: functools.reduce(jnp.add, parts), *weighted_terms)
+        return terms["loss"], (terms, jnp.concatenate(means))
+
+    return loss
+
+
+def gather_batch(images, labels, order: jax.Array, step: jax.Array, batch_size: int,
+                 batch_sharding: NamedSharding | None = None) -> Batch:
+    """Batch `step` of device-resident `images` and `labels` in `order`, with its 1/0 weights; with
+    `batch_sharding`, split over the devices (each computes its slice)."""
+    indices, weights = batch_indices(order, step, batch_size)
+    batch = Batch(images[indices], labels[indices], weights)
+    return batch if batch_sharding is None else jax.lax.with_sharding_constraint(batch, batch_sharding)
+
+
+def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, batch_size: int,
+                    batch_sharding: NamedSharding | None = None):
+    """The pure (state, images, labels, order, step_root) -> state training step; it runs step `state.step`.
+
+    The batch is gathered on device from the uint8 training set by the shuffled `order`, so nothing
+    crosses to the host per step. With `batch_sharding` the batch is split over the devices and XLA
+    adds the gradient all-reduce (params and state stay replicated).
+    """
+
+    def train_step(state: TrainState, train_images, train_labels, order, step_root) -> TrainState:
+        step = state.step
+        batch = gather_batch(train_images, train_labels, order, step, batch_size, batch_sharding)
+        grads, (terms, _) = jax.grad(loss_fn, has_aux=True)(state.params, batch, step_key(step_root, step))
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        return state.replace(
+            params=optax.apply_updates(state.params, updates), opt_state=opt_state,
+            step=step + 1, sums=accumulate(state.sums, terms, batch.weights, step),
+        )
+
+    return train_step
+
+
+def make_eval_step(loss_fn: Callable, batch_sharding: NamedSharding | None = None):
+    """The pure (params, sums, images, labels, batch, key) -> (sums, latent means) step over batch
+    `batch` of the test set in order, at full precision. With `batch_sharding` each device evaluates
+    its slice of the batch."""
+
+    def eval_step(params, sums: dict, test_images, test_labels, batch, eval_key):
+        order = jnp.arange(test_images.shape[0])
+        test_batch = gather_batch(test_images, test_labels, order, batch, SET_BATCH, batch_sharding)
+        _, (terms, means) = loss_fn(params, test_batch, eval_batch_key(eval_key, batch))
+        return accumulate(sums, terms, test_batch.weights, batch), means
+
+    return full_precision(eval_step)
+
+
+def make_epoch_scan(train_step, steps: int):
+    """The same step `steps` times inside one compiled `lax.scan`: one dispatch per epoch."""
+
+    def train_epoch(state: TrainState, train_images, train_labels, order, step_root) -> TrainState:
+        def body(carry, _):
+            return train_step(carry, train_images, train_labels, order, step_root), None
+
+        return jax.lax.scan(body, state, length=steps)[0]
+
+    return train_epoch
+
+
+def make_eval_scan(eval_step, batches: int):
+    """Every test batch inside one compiled `lax.scan`: the whole evaluation in one call, with the
+    same batches, keys and sums as `batches` calls of `eval_step`; the means stacked per batch."""
+
+    def evaluate(params, sums: dict, test_images, test_labels, eval_key):
+        def body(sums, batch):
+            return eval_step(params, sums, test_images, test_labels, batch, eval_key)
+
+        return jax.lax.scan(body, sums, jnp.arange(batches, dtype=jnp.int32))
+
+    return evaluate
 
 
 def init_state(model: AutoEncoder, optimizer: optax.GradientTransformation, keys: SeedKeys,
@@ -79,90 +207,6 @@ def init_state(model: AutoEncoder, optimizer: optax.GradientTransformation, keys
                           zero_sums(steps_per_epoch))
 
     return jax.jit(build)(keys.init, keys.train)
-
-
-def epoch_keys(rng: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(next epoch's key, this epoch's shuffle key, this epoch's step key)."""
-    next_rng, shuffle_key, step_root = jax.random.split(rng, 3)
-    return next_rng, shuffle_key, step_root
-
-
-def epoch_order(rng: jax.Array, count: int) -> tuple[jax.Array, jax.Array]:
-    """This epoch's shuffled order of the `count` training images, and its step key."""
-    _, shuffle_key, step_root = epoch_keys(rng)
-    return jax.random.permutation(shuffle_key, count), step_root
-
-
-def batch_indices(order: jax.Array, step: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
-    """Indices of batch `step` in `order`, padded to `batch_size`, and 1/0 weights marking real ones."""
-    positions = step * batch_size + jnp.arange(batch_size)
-    count = order.shape[0]
-    weights = (positions < count).astype(jnp.float32)
-    return order[jnp.minimum(positions, count - 1)], weights
-
-
-def gather_batch(images, labels, order: jax.Array, step: jax.Array, batch_size: int,
-                 batch_sharding: NamedSharding | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Batch `step` of device-resident `images` and `labels` in `order`, with its 1/0 weights; with
-    `batch_sharding`, split over the devices (each computes its slice)."""
-    indices, weights = batch_indices(order, step, batch_size)
-    batch = images[indices], labels[indices], weights
-    return batch if batch_sharding is None else jax.lax.with_sharding_constraint(batch, batch_sharding)
-
-
-def batch_terms(model: AutoEncoder, params, images_uint8, labels, weights, key, binarize: bool = False,
-                objective: Objective = ELBO) -> tuple[dict, jax.Array]:
-    """The weighted batch loss's terms (of `objective`) and the batch's latent means; with `binarize`,
-    pixels are first drawn as Bernoulli(intensity)."""
-    images = images_to_float(images_uint8)
-    if binarize:
-        binarize_key, key = jax.random.split(key)
-        images = binarize_pixels(binarize_key, images)
-    targets = images.reshape(-1, IMAGE_PIXELS)
-    if objective.single_draw_elbo:
-        logits, mean, std = model.apply({"params": params}, images, key, labels)
-        return loss_terms(logits, targets, mean, std, weights), mean
-    mean, std = encode(model, params, images, labels)
-    repeated_labels = None if labels is None else jnp.tile(labels, objective.samples)  # draw-major, as z
-
-    def decode_logits(z):
-        return decode(model, params, z, repeated_labels)
-
-    return importance_terms(decode_logits, targets, mean, std, weights, key, objective), mean
-
-
-def batch_loss(model: AutoEncoder, params, images_uint8, labels, weights, key, binarize: bool = False
-               ) -> tuple[jax.Array, dict]:
-    """The weighted batch loss and its terms (`batch_terms`)."""
-    terms, _ = batch_terms(model, params, images_uint8, labels, weights, key, binarize)
-    return terms["loss"], terms
-
-
-# Burda et al. 2016 (IWAE): 3^i epochs at learning rate 1e-3 * 10^(-i/7) for i = 0..7, Adam eps 1e-4.
-IWAE_SCHEDULE_BLOCKS = 8
-IWAE_ADAM_EPS = 1e-4
-
-
-def iwae_learning_rate(base: float, steps_per_epoch: int):
-    """The IWAE paper's schedule as a function of Adam's update count: block i starts at epoch
-    (3^i - 1) / 2 and runs at base * 10^(-i/7); after the last block the rate stays at its end."""
-    block_starts = jnp.array([(3**block - 1) // 2 for block in range(1, IWAE_SCHEDULE_BLOCKS)])
-
-    def learning_rate(count):
-        block = jnp.sum(count // steps_per_epoch >= block_starts)
-        return base * 10.0 ** (-block / 7.0)
-
-    return learning_rate
-
-
-def make_optimizer(schedule: str, learning_rate: float, steps_per_epoch: int) -> optax.GradientTransformation:
-    """Adam at a constant rate (the seeds), or with the IWAE paper's schedule and epsilon."""
-    if schedule == "iwae":
-        return optax.adam(iwae_learning_rate(learning_rate, steps_per_epoch), eps=IWAE_ADAM_EPS)
-    return optax.adam(learning_rate)
-
-
-NO_STEP = np.iinfo(np.int32).max
 
 
 def zero_sums(steps: int = 0) -> dict:
@@ -188,150 +232,6 @@ def accumulate(sums: dict, terms: dict, weights: jax.Array, step: jax.Array) -> 
     return added
 
 
-def micro_batch_terms(model: AutoEncoder, params, images_uint8, labels, weights, key, binarize: bool = False,
-                      micro_batches: int = 1, objective: Objective = ELBO) -> tuple[dict, jax.Array]:
-    """`batch_terms`, computed over `micro_batches` consecutive parts of the batch.
-
-    Each part's terms are weighted by its share of the batch's real images and added: the same
-    function as the whole batch, other rounding, other noise (part i draws from `fold_in(key, i)`).
-    The parts are independent sub-graphs, forward and backward, and XLA:CPU runs independent
-    sub-graphs side by side while it runs one convolution on one core (benchmarks/layer_profile.py,
-    loop_structure.py): that is what they are for.
-    """
-    if micro_batches == 1:
-        return batch_terms(model, params, images_uint8, labels, weights, key, binarize, objective)
-    count = jnp.maximum(weights.sum(), 1.0)
-    parts = zip(*(jnp.array_split(array, micro_batches) for array in (images_uint8, labels, weights)), strict=True)
-    weighted_terms, means = [], []
-    for index, (part_images, part_labels, part_weights) in enumerate(parts):
-        share = part_weights.sum() / count  # a part's terms are means over its own real images
-        terms, mean = batch_terms(model, params, part_images, part_labels, part_weights,
-                                  jax.random.fold_in(key, index), binarize, objective)
-        weighted_terms.append(jax.tree.map(lambda term, share=share: term * share, terms))
-        means.append(mean)
-    terms = jax.tree.map(lambda *parts: functools.reduce(jnp.add, parts), *weighted_terms)
-    return terms, jnp.concatenate(means)
-
-
-def micro_batch_loss(model: AutoEncoder, params, images_uint8, labels, weights, key, binarize: bool = False,
-                     micro_batches: int = 1, objective: Objective = ELBO) -> tuple[jax.Array, dict]:
-    """The batch loss and its terms over `micro_batches` parts (`micro_batch_terms`)."""
-    terms, _ = micro_batch_terms(model, params, images_uint8, labels, weights, key, binarize, micro_batches,
-                                 objective)
-    return terms["loss"], terms
-
-
-def batch_gradient(model: AutoEncoder, params, images_uint8, labels, weights, key, binarize: bool = False,
-                   micro_batches: int = 1, objective: Objective = ELBO) -> tuple[dict, dict]:
-    """The gradient of `micro_batch_loss` with respect to `params`, and its terms."""
-    return jax.grad(
-        lambda params: micro_batch_loss(model, params, images_uint8, labels, weights, key, binarize, micro_batches,
-                                        objective),
-        has_aux=True,
-    )(params)
-
-
-def make_train_step(model: AutoEncoder, optimizer: optax.GradientTransformation, batch_size: int,
-                    batch_sharding: NamedSharding | None = None, binarize: bool = False, micro_batches: int = 1,
-                    objective: Objective = ELBO):
-    """The pure (state, images, labels, order, step_key) -> state training step; it runs step `state.step`.
-
-    The batch is gathered on device from the uint8 training set by the shuffled `order`, so nothing
-    crosses to the host per step. With `binarize` each step draws a fresh binarization of its batch
-    (dynamic binarization). With `batch_sharding` the batch is split over the devices and
-    XLA adds the gradient all-reduce (params and state stay replicated). With `micro_batches` > 1 the
-    loss is the sum over that many parts of the batch (`micro_batch_loss`).
-    """
-
-    def train_step(state: TrainState, train_images, train_labels, order, step_root) -> TrainState:
-        step = state.step
-        images, labels, weights = gather_batch(train_images, train_labels, order, step, batch_size, batch_sharding)
-        key = jax.random.fold_in(step_root, step)
-        grads, terms = batch_gradient(model, state.params, images, labels, weights, key, binarize, micro_batches,
-                                      objective)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        return state.replace(
-            params=optax.apply_updates(state.params, updates), opt_state=opt_state,
-            step=step + 1, sums=accumulate(state.sums, terms, weights, step),
-        )
-
-    return train_step
-
-
-def make_epoch_scan(train_step, steps: int, unroll: int = 1):
-    """The same step `steps` times inside one compiled `lax.scan`: one dispatch per epoch. With
-    `unroll` > 1 the loop body holds that many steps (fewer iterations, more room to fuse)."""
-
-    def train_epoch(state: TrainState, train_images, train_labels, order, step_root) -> TrainState:
-        def body(carry, _):
-            return train_step(carry, train_images, train_labels, order, step_root), None
-
-        return jax.lax.scan(body, state, length=steps, unroll=unroll)[0]
-
-    return train_epoch
-
-
-# Reported metrics are computed at full float32 precision on every backend (a GPU's default float32
-# matmul and convolution is TF32; XLA:CPU computes float32 fully either way).
-METRIC_PRECISION = "highest"
-
-
-def full_precision(function):
-    """`function`, traced at METRIC_PRECISION (for code that computes reported numbers)."""
-
-    @functools.wraps(function)
-    def traced(*args, **kwargs):
-        with jax.default_matmul_precision(METRIC_PRECISION):
-            return function(*args, **kwargs)
-
-    return traced
-
-
-ENCODE_BATCH = 1000  # images per compiled call when a whole set is encoded
-
-
-def make_mean_encoder(model: AutoEncoder):
-    """Compiled (params, uint8 images, labels) -> latent means, at METRIC_PRECISION: the codes that the
-    figures and the explorer show and the samplers are fitted to."""
-    return jax.jit(full_precision(
-        lambda params, images, labels: encode(model, params, images_to_float(images), labels)[0]))
-
-
-def encode_in_batches(mean_encoder, params, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """The latent means (N, d) of many images by `mean_encoder` (`make_mean_encoder`), ENCODE_BATCH at
-    a time (one shape, one compile)."""
-    return map_batches(lambda images, labels: mean_encoder(params, images, labels), (images, labels), ENCODE_BATCH)
-
-
-def make_eval_step(model: AutoEncoder, batch_sharding: NamedSharding | None = None, micro_batches: int = 1):
-    """The pure (params, sums, images, labels, batch, key) -> (sums, latent means) step over batch
-    `batch` of the test set in order. With `batch_sharding` each device evaluates its slice of the
-    batch; with `micro_batches` the batch is evaluated in parts side by side."""
-
-    def eval_step(params, sums: dict, test_images, test_labels, batch, eval_key):
-        order = jnp.arange(test_images.shape[0])
-        images, labels, weights = gather_batch(test_images, test_labels, order, batch, EVAL_BATCH_SIZE,
-                                               batch_sharding)
-        key = jax.random.fold_in(eval_key, batch)
-        terms, means = micro_batch_terms(model, params, images, labels, weights, key, micro_batches=micro_batches)
-        return accumulate(sums, terms, weights, batch), means
-
-    return full_precision(eval_step)
-
-
-def make_eval_scan(eval_step, batches: int):
-    """Every test batch inside one compiled `lax.scan`: the whole evaluation in one call, with the
-    same batches, keys and sums as `batches` calls of `eval_step`; the means stacked per batch."""
-
-    def evaluate(params, sums: dict, test_images, test_labels, eval_key):
-        def body(sums, batch):
-            return eval_step(params, sums, test_images, test_labels, batch, eval_key)
-
-        return jax.lax.scan(body, sums, jnp.arange(batches, dtype=jnp.int32))
-
-    return evaluate
-
-
 def epoch_means(sums: dict) -> dict[str, float]:
     """Fetch the device sums once and turn them into per-image means (and the per-pixel BCE)."""
     host = jax.device_get(sums)
@@ -343,7 +243,3 @@ def epoch_means(sums: dict) -> dict[str, float]:
 def first_nonfinite_step(sums: dict) -> int | None:
     step = int(sums["first_nonfinite_step"])
     return None if step == NO_STEP else step
-
-
-def num_batches(count: int, batch_size: int) -> int:
-    return -(-count // batch_size)

@@ -21,31 +21,30 @@ import numpy as np
 import optax
 
 from vaejax import checkpoint, validation
+from vaejax.batching import SET_BATCH, num_batches
+from vaejax.checkpoint import RunDirectory
 from vaejax.config import Config
 from vaejax.data import Dataset, load_dataset
 from vaejax.devices import DevicePlan, device_memory_bytes, plan_devices
 from vaejax.errors import TrainingInterrupted, VaejaxError
-from vaejax.files import WorkdirLock
 from vaejax.host_worker import HostWorker
-from vaejax.losses import Objective
-from vaejax.models import AutoEncoder, activation_bytes_per_image, binarized_test_images, build_model
+from vaejax.inference import evaluation_images
+from vaejax.keys import epoch_keys, seed_keys
+from vaejax.models import AutoEncoder, activation_bytes_per_image, build_model
+from vaejax.optimizers import make_optimizer
 from vaejax.steps import (
-    ELBO,
-    EVAL_BATCH_SIZE,
-    SCAN_UNROLL,
+    EVAL_LOSS,
+    LossSpec,
     TrainState,
-    epoch_keys,
     epoch_means,
-    epoch_order,
     first_nonfinite_step,
     init_state,
     make_epoch_scan,
     make_eval_scan,
     make_eval_step,
-    make_optimizer,
+    make_loss,
     make_train_step,
-    num_batches,
-    seed_keys,
+    micro_batched,
     zero_sums,
 )
 
@@ -54,12 +53,24 @@ from vaejax.steps import (
 TRAIN_BYTES_PER_ACTIVATION_BYTE = 3
 
 
+def loss_spec(config: Config) -> LossSpec:
+    """The training loss `config` asks for."""
+    return LossSpec(config.objective, config.train_samples, config.binarized, config.beta)
+
+
+def shuffled_epoch(rng: jax.Array, count: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The epoch's one split of its key: (the next epoch's key, this epoch's shuffled order of the
+    `count` training images, its step key)."""
+    next_rng, shuffle_key, step_root = epoch_keys(rng)
+    return next_rng, jax.random.permutation(shuffle_key, count), step_root
+
+
 @dataclass
 class Trainer:
     """The compiled steps of one run and the device-resident data they read, laid out as `plan` says.
 
-    With `binarize`, training batches are binarized afresh each step; the test set is binarized
-    once, the same way for every run (`binarized_test_images`), so evaluations compare.
+    With `loss.binarize`, training batches are binarized afresh each step; the test set is binarized
+    once, the same way for every run (vaejax.inference.evaluation_images), so evaluations compare.
     """
 
     model: AutoEncoder
@@ -68,8 +79,7 @@ class Trainer:
     dataset: Dataset  # host arrays; placed on the device(s) as train_data and test_data
     eval_key: jax.Array
     plan: DevicePlan
-    binarize: bool = False
-    objective: Objective = ELBO
+    loss: LossSpec = LossSpec()
     steps: int = field(init=False)  # per epoch, the last batch padded
     eval_batches: int = field(init=False)
     train_data: tuple = field(init=False)  # (uint8 images, labels) on the device(s)
@@ -78,37 +88,32 @@ class Trainer:
     train_scan: Callable = field(init=False)  # compiled: a whole epoch
     eval_step: Callable = field(init=False)  # compiled: one test batch
     eval_scan: Callable = field(init=False)  # compiled: every test batch
-    epoch_order: Callable = field(init=False)
-    next_rng: Callable = field(init=False)
+    shuffle: Callable = field(init=False)  # compiled: `shuffled_epoch` of an epoch's key
 
     def __post_init__(self):
-        plan = self.plan
-        self.steps = num_batches(self.dataset.train_images.shape[0], self.batch_size)
-        self.eval_batches = num_batches(self.dataset.test_images.shape[0], EVAL_BATCH_SIZE)
-        test_images = self.dataset.test_images
-        if self.binarize:
-            test_images = binarized_test_images(test_images)
-        self.train_data = plan.place((self.dataset.train_images, self.dataset.train_labels))
-        self.test_data = plan.place((test_images, self.dataset.test_labels))
+        plan, dataset = self.plan, self.dataset
+        self.steps = num_batches(dataset.train_images.shape[0], self.batch_size)
+        self.eval_batches = num_batches(dataset.test_images.shape[0], SET_BATCH)
+        self.train_data = plan.place((dataset.train_images, dataset.train_labels))
+        self.test_data = plan.place((evaluation_images(dataset.test_images, self.loss.binarize), dataset.test_labels))
         self.eval_key = plan.place(self.eval_key)
-        step = make_train_step(self.model, self.optimizer, self.batch_size, plan.batch_sharding, self.binarize,
-                               plan.micro_batches, self.objective)
+        train_loss = micro_batched(make_loss(self.model, self.loss), plan.micro_batches)
+        step = make_train_step(train_loss, self.optimizer, self.batch_size, plan.batch_sharding)
         self.train_step = jax.jit(step, donate_argnums=plan.donated)
-        unroll = SCAN_UNROLL if plan.loop == "unrolled" else 1
-        self.train_scan = jax.jit(make_epoch_scan(step, self.steps, unroll), donate_argnums=plan.donated)
-        eval_step = make_eval_step(self.model, plan.eval_sharding(EVAL_BATCH_SIZE), plan.micro_batches)
+        self.train_scan = jax.jit(make_epoch_scan(step, self.steps), donate_argnums=plan.donated)
+        eval_loss = micro_batched(make_loss(self.model, EVAL_LOSS), plan.micro_batches)
+        eval_step = make_eval_step(eval_loss, plan.eval_sharding(SET_BATCH))
         self.eval_step = jax.jit(eval_step, donate_argnums=(1,), out_shardings=plan.replicated)
         self.eval_scan = jax.jit(make_eval_scan(eval_step, self.eval_batches), donate_argnums=(1,),
                                  out_shardings=plan.replicated)
         # Compiled with placed outputs: over several processes every array a step reads must be global.
-        count = self.dataset.train_images.shape[0]
-        self.epoch_order = jax.jit(functools.partial(epoch_order, count=count), out_shardings=plan.replicated)
-        self.next_rng = jax.jit(lambda rng: epoch_keys(rng)[0], out_shardings=plan.replicated)
+        self.shuffle = jax.jit(functools.partial(shuffled_epoch, count=dataset.train_images.shape[0]),
+                               out_shardings=plan.replicated)
 
-    def train_epoch(self, state: TrainState, after_step: Callable[[TrainState], bool] = lambda state: False
-                    ) -> TrainState:
-        """Run the rest of the current epoch, or until `after_step(state)` returns True (stop)."""
-        order, step_root = self.epoch_order(state.rng)
+    def train_epoch(self, state: TrainState, order: jax.Array, step_root: jax.Array,
+                    after_step: Callable[[TrainState], bool] = lambda state: False) -> TrainState:
+        """Run the rest of the current epoch in `order` (`shuffle`), or until `after_step(state)`
+        returns True (stop)."""
         done = int(state.step)
         if self.plan.epoch_in_one_call and done == 0:
             return self.train_scan(state, *self.train_data, order, step_root)
@@ -129,7 +134,7 @@ class Trainer:
             for batch in range(self.eval_batches):
                 sums, batch_means = self.eval_step(params, sums, *self.test_data, np.int32(batch), self.eval_key)
                 means.append(batch_means)
-        means = np.concatenate(self.plan.to_host(means))  # (batches, EVAL_BATCH_SIZE, latent) or a list
+        means = np.concatenate(self.plan.to_host(means))  # (batches, SET_BATCH, latent) or a list
         return epoch_means(sums), means.reshape(-1, means.shape[-1])[: self.dataset.test_images.shape[0]]
 
 
@@ -241,7 +246,6 @@ def train(config: Config, dataset: Dataset | None = None, log: Callable[[str], N
 def _train(config: Config, dataset: Dataset | None, log: Callable[[str], None], observer: Observer,
            clock: Stopwatch, owned: contextlib.ExitStack) -> TrainResult:
     with clock("setup"):
-        workdir = Path(config.workdir)
         if dataset is None:
             dataset = load_dataset(config.dataset, config.data_dir)
         dataset = dataset.limited(config.limit)
@@ -252,33 +256,24 @@ def _train(config: Config, dataset: Dataset | None, log: Callable[[str], None], 
                                 TRAIN_BYTES_PER_ACTIVATION_BYTE * activation_bytes_per_image(model)
                                 * config.train_samples,
                                 device_memory_bytes(), "a training step's activations on one device")
-        if plan.writes:
-            owned.enter_context(WorkdirLock(workdir))
-            changed = checkpoint.prepare_workdir(workdir, config, plan.bits_record())
-            if changed:
-                log(f"warning: resuming with another {', '.join(changed)} than the run began with: the result "
-                    "will not equal an uninterrupted run's bits (config.json keeps both)")
+        run_dir = RunDirectory(config, plan.writes)
+        run_dir.open(owned, plan.bits_record(), log)
         optimizer = make_optimizer(config.schedule, config.learning_rate,
                                    num_batches(len(dataset.train_images), config.batch_size))
         keys = seed_keys(config.seed)
-        trainer = Trainer(model, optimizer, config.batch_size, dataset, keys.eval, plan,
-                          binarize=config.binarize == "dynamic",
-                          objective=Objective(config.objective, config.train_samples))
-        state, history = init_state(model, optimizer, keys, trainer.steps), []
-        if config.resume:
-            state, history = checkpoint.restore_state(workdir, config, state, log)
+        trainer = Trainer(model, optimizer, config.batch_size, dataset, keys.eval, plan, loss_spec(config))
+        state, history = run_dir.restore(init_state(model, optimizer, keys, trainer.steps), log)
         state = plan.place(state)
         for line in plan.describe(config.batch_size):
             log(line)
-        if plan.writes:
-            checkpoint.write_metrics(workdir, history)
-            if int(state.epoch) < config.epochs:  # a finished run trains on: its params would fall behind
-                checkpoint.discard_params(workdir)
+        run_dir.write_metrics(history)
+        if int(state.epoch) < config.epochs:  # a finished run trains on: its params would fall behind
+            run_dir.discard_params()
     worker = HostWorker()
     with StopSignal() as stop:
         try:
             observer.start_run(model, dataset, worker)
-            state = _train_epochs(config, trainer, state, history, observer, worker, stop, log, clock)
+            state = EpochLoop(trainer, run_dir, observer, worker, stop, log, clock).run(state, history)
             with clock("wait"):
                 worker.close()
         except KeyboardInterrupt:  # a second Ctrl-C: abort at once; the last checkpoint on disk is whole
@@ -288,75 +283,82 @@ def _train(config: Config, dataset: Dataset | None, log: Callable[[str], None], 
             with contextlib.suppress(Exception):  # the first error is the one to report
                 worker.close()
             raise
-    if plan.writes:
-        checkpoint.save_params(workdir, plan.to_host(state.params))  # after the last checkpoint: they agree
-    return TrainResult(config, model, state.params, dataset, history, workdir, clock.seconds | dict(worker.seconds))
+    run_dir.save_params(plan.to_host(state.params))  # after the last checkpoint: they agree
+    return TrainResult(config, model, state.params, dataset, history, run_dir.path,
+                       clock.seconds | dict(worker.seconds))
 
 
-def _train_epochs(config: Config, trainer: Trainer, state: TrainState, history: list[dict], observer: Observer,
-                  worker: HostWorker, stop: StopSignal, log: Callable[[str], None], clock: Stopwatch) -> TrainState:
-    """The epochs still to run; checkpoints and metrics are handed to `worker` as host copies."""
-    plan, workdir = trainer.plan, Path(config.workdir)
+@dataclass
+class EpochLoop:
+    """The epochs still to run, and where they go: checkpoints and metrics to the run directory,
+    through the background worker, as host copies; each epoch's record to the observer and the log."""
 
-    def save(host_state, history: list[dict], line: str | None = None) -> None:
-        checkpoint.save_state(workdir, config, host_state, history)
-        checkpoint.write_metrics(workdir, history)
+    trainer: Trainer
+    run_dir: RunDirectory
+    observer: Observer
+    worker: HostWorker
+    stop: StopSignal
+    log: Callable[[str], None]
+    clock: Stopwatch
+
+    def save(self, host_state, history: list[dict], line: str | None = None) -> None:
+        self.run_dir.save(host_state, history)
         if line is not None:  # an epoch's line is printed once its checkpoint is on disk
-            log(line)
+            self.log(line)
 
-    def after_step(state: TrainState) -> bool:
-        observer.step(state)
-        return stop()
+    def after_step(self, state: TrainState) -> bool:
+        self.observer.step(state)
+        return self.stop()
 
-    while int(state.epoch) < config.epochs:
-        epoch = int(state.epoch) + 1
-        started = time.perf_counter()
-        observer.start_epoch(epoch, trainer.steps, int(state.step))
-        with clock("train"):
-            state = trainer.train_epoch(state, after_step)
-            bad_step = first_nonfinite_step(state.sums)  # the epoch's first sync with the host
-        if bad_step is not None:
-            raise VaejaxError(
-                f"loss became non-finite in epoch {epoch} at step {bad_step + 1} of {trainer.steps}; "
-                f"stopped, the last good checkpoint (epoch {epoch - 1}) is kept"
-            )
-        if int(state.step) < trainer.steps:
-            worker.keep_only("checkpoint")  # earlier checkpoints first, then this one; no more figures
-            worker.drain()
-            if plan.writes:
-                save(checkpoint.host_state(state), list(history))
-            raise TrainingInterrupted(
-                f"interrupted in epoch {epoch} after step {int(state.step)} of {trainer.steps}; "
-                f"checkpoint written, continue with --resume", stop.signum,
-            )
-        with clock("evaluate"):
-            train_metrics = epoch_means(state.sums)
-            test_metrics, test_means = trainer.evaluate(state.params)
-        seconds = time.perf_counter() - started
-        with clock("epoch_end"):
-            step_losses = np.asarray(plan.to_host(state.sums["step_losses"]))
-            state = plan.place(state.replace(rng=trainer.next_rng(state.rng), epoch=np.int32(epoch),
-                                             step=np.int32(0), sums=zero_sums(trainer.steps)))
-            record = {
-                "epoch": epoch, "train": train_metrics, "test": test_metrics,
-                "seconds": round(seconds, 3), "config_hash": config.result_hash(),
-            }
-            history.append(record)
-            line = format_epoch(epoch, config.epochs, train_metrics, test_metrics, seconds,
-                                trainer.model.variational)
-            if plan.writes:
-                worker.submit("checkpoint", functools.partial(save, checkpoint.host_state(state), list(history),
-                                                              line))
-            else:
-                log(line)
-            # The figures reuse the evaluation's latent means, unless it saw a binarized test set.
-            observer.end_epoch(record, plan.to_host(state.params), step_losses, list(history),
-                               None if trainer.binarize else test_means)
-        if stop():  # a scan epoch cannot stop mid-way: it stops here, checkpointed
-            worker.keep_only("checkpoint")
-            worker.drain()
-            raise TrainingInterrupted(
-                f"interrupted after epoch {epoch}; checkpoint written, continue with --resume", stop.signum,
-            )
-    return state
+    def run(self, state: TrainState, history: list[dict]) -> TrainState:
+        trainer, worker, stop, clock = self.trainer, self.worker, self.stop, self.clock
+        plan, config = trainer.plan, self.run_dir.config
+        while int(state.epoch) < config.epochs:
+            epoch = int(state.epoch) + 1
+            started = time.perf_counter()
+            self.observer.start_epoch(epoch, trainer.steps, int(state.step))
+            with clock("train"):
+                next_rng, order, step_root = trainer.shuffle(state.rng)
+                state = trainer.train_epoch(state, order, step_root, self.after_step)
+                bad_step = first_nonfinite_step(state.sums)  # the epoch's first sync with the host
+            if bad_step is not None:
+                raise VaejaxError(
+                    f"loss became non-finite in epoch {epoch} at step {bad_step + 1} of {trainer.steps}; "
+                    f"stopped, the last good checkpoint (epoch {epoch - 1}) is kept"
+                )
+            if int(state.step) < trainer.steps:
+                worker.keep_only("checkpoint")  # earlier checkpoints first, then this one; no more figures
+                worker.drain()
+                self.save(checkpoint.host_state(state), list(history))
+                raise TrainingInterrupted(
+                    f"interrupted in epoch {epoch} after step {int(state.step)} of {trainer.steps}; "
+                    f"checkpoint written, continue with --resume", stop.signum,
+                )
+            with clock("evaluate"):
+                train_metrics = epoch_means(state.sums)
+                test_metrics, test_means = trainer.evaluate(state.params)
+            seconds = time.perf_counter() - started
+            with clock("epoch_end"):
+                step_losses = np.asarray(plan.to_host(state.sums["step_losses"]))
+                state = plan.place(state.replace(rng=next_rng, epoch=np.int32(epoch),
+                                                 step=np.int32(0), sums=zero_sums(trainer.steps)))
+                record = {
+                    "epoch": epoch, "train": train_metrics, "test": test_metrics,
+                    "seconds": round(seconds, 3), "config_hash": config.result_hash(),
+                }
+                history.append(record)
+                line = format_epoch(epoch, config.epochs, train_metrics, test_metrics, seconds,
+                                    trainer.model.variational)
+                worker.submit("checkpoint",
+                              functools.partial(self.save, checkpoint.host_state(state), list(history), line))
+                # The figures reuse the evaluation's latent means, unless it saw a binarized test set.
+                self.observer.end_epoch(record, plan.to_host(state.params), step_losses, list(history),
+                                        None if trainer.loss.binarize else test_means)
+            if stop():  # a scan epoch cannot stop mid-way: it stops here, checkpointed
+                worker.keep_only("checkpoint")
+                worker.drain()
+                raise TrainingInterrupted(
+                    f"interrupted after epoch {epoch}; checkpoint written, continue with --resume", stop.signum,
+                )
+        return state
 
