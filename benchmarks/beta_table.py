@@ -1,9 +1,9 @@
 """beta-VAE on a short run: the test set's negative ELBO and its KL at several KL weights.
 
-    python benchmarks/beta_table.py [--betas 0.5 1 4] [--epochs 2] [--limit 4096] [--latent_dim 2] [--out FILE]
+    python benchmarks/beta_table.py [--betas 0.5 1 4] [--epochs 2] [--limit 30000] [--latent_dim 2] [--out FILE]
     python benchmarks/beta_table.py --smoke     # seconds: one epoch on 64 images, 256 test images
 
-Each beta trains conv_vae as `python train.py --latent_dim 2 --epochs 2 --limit 4096 --beta B` does (seed 0,
+Each beta trains conv_vae as `python train.py --latent_dim 2 --epochs 2 --limit 30000 --beta B` does (seed 0,
 the seed's batch and learning rate), and the row holds its last epoch's test metrics: the true negative
 ELBO (BCE + KL, beta 1, as every evaluation reports it), its BCE and KL, in nats per image, and the
 training loss it minimised (BCE + beta * KL). Written as JSON (default:
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--betas", type=float, nargs="+", default=[0.5, 1.0, 4.0])
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--limit", type=int, default=4096, help="the first N training images")
+    parser.add_argument("--limit", type=int, default=30000, help="the first N training images")
     parser.add_argument("--latent_dim", type=int, default=2)
     parser.add_argument("--out", default=None, help=f"JSON (default: {RESULTS.relative_to(RESULTS.parents[2])})")
     smoke.add_flag(parser)
