@@ -3,7 +3,7 @@ instruction set, vendor and core count, proved on CPUs this machine lacks, and w
 
     python benchmarks/portable_bits.py [--configs default portable] [--ablate] [--envs native-1 native-2
                                        native-16 Haswell-1 SandyBridge-1 EPYC-1] [--models conv_vae dense_ae]
-                                       [--timing_repeats 3] [--jobs 1] [--out FILE]
+                                       [--skip CONFIG@ENV ...] [--timing_repeats 3] [--jobs 1] [--out FILE]
     python benchmarks/portable_bits.py --smoke     # seconds: dense_ae, native at 1 and 2 threads, tiny timing
 
 Each (configuration, environment) runs in a fresh process: the same seeded short training of every model
@@ -11,10 +11,11 @@ Each (configuration, environment) runs in a fresh process: the same seeded short
 evaluated: tiny, because under qemu JAX runs some hundred times slower), recording the SHA-256 of each run's
 params.msgpack. A configuration is XLA_FLAGS (after the flag train.py adds) and environment variables;
 `default` is today's, `portable` the candidate, and `--ablate` adds the candidate minus each of its parts, to
-find the smallest set. An environment is native or
+find the smallest set (natively only). An environment is native or
 `qemu-x86_64 -cpu MODEL` (Debian's qemu-user, which emulates AVX, AVX2 and FMA but not AVX-512), at a core
-count: 1 is `taskset -c 0`; any count is also what XLA:CPU sizes its thread pools by, faked with an LD_PRELOAD
-shim over sched_getaffinity, sysconf and get_nprocs (built with gcc into a temporary folder). Emulated
+count: natively 1 is `taskset -c 0`; any count is also what XLA:CPU sizes its thread pools by, faked with an
+LD_PRELOAD shim over sched_getaffinity, sysconf and get_nprocs (built with gcc into a temporary folder).
+`--emulated_models` trims what runs under qemu (conv_vae's 2 steps there take over 20 CPU minutes). Emulated
 environments are skipped, and the JSON says so, when qemu-x86_64 is absent.
 
 Then the cost: `--timing_model` conv_vae at batch 128, each configuration in its own process, alternating order,
@@ -148,7 +149,7 @@ def child_command(environment: str, shim: Path | None, arguments: list[str]) -> 
     else:  # the shim goes to the emulated Python only, not to qemu itself
         command = [QEMU, "-cpu", qemu_model, *[part for name, value in fake.items() for part in
                                                 ("-E", f"{name}={value}")], *command]
-    if cores == 1:
+    if cores == 1 and (qemu_model is None or shim is None):  # emulated runs unpinned, to run side by side
         command = ["taskset", "-c", "0", *command]
     return command, extra
 
@@ -212,19 +213,26 @@ def hash_table(configs: dict[str, list[str]], environments: list[str], shim: Pat
     runnable = [name for name in environments if parse_environment(name)[0] is None or shutil.which(QEMU)]
     skipped = sorted(set(environments) - set(runnable))
     arguments = ["--child", "hash", "--images", str(args.images), "--batch_size", str(args.batch_size),
-                 "--test_images", str(args.test_images), "--models", *args.models]
-    jobs = [(config, environment) for config in configs for environment in runnable]
+                 "--test_images", str(args.test_images), "--models"]
+    # ablations natively only: an emulated run takes some ten minutes
+    jobs = [(config, environment) for config in configs for environment in runnable
+            if f"{config}@{environment}" not in args.skip
+            and not (config.startswith("portable-minus-") and parse_environment(environment)[0])]
+    jobs.sort(key=lambda job: parse_environment(job[1])[0] is None)  # the long emulated runs first
 
     def one(job: tuple[str, str]) -> dict:
         config, environment = job
-        timeout = args.timeout if parse_environment(environment)[0] else args.timeout / 10
-        return run_child(environment, configs[config], shim, arguments, timeout)
+        emulated = parse_environment(environment)[0] is not None
+        models = (args.emulated_models or args.models) if emulated else args.models
+        return run_child(environment, configs[config], shim, [*arguments, *models],
+                         args.timeout if emulated else args.timeout / 10)
 
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         results = dict(zip(jobs, pool.map(one, jobs), strict=True))
     table = {}
     for config, parts in configs.items():
-        rows = {environment: results[config, environment] for environment in runnable}
+        rows = {environment: results[config, environment] for environment in runnable
+                if (config, environment) in results}
         for environment, row in rows.items():
             status = row.get("error", "ok")[:80]
             print(f"{config:40s} {environment:16s} {row['wall_s']:7.1f} s  "
@@ -232,12 +240,12 @@ def hash_table(configs: dict[str, list[str]], environments: list[str], shim: Pat
                      or status), flush=True)
         agree = {}
         for model in args.models:
-            digests = {row["sha256"][model] for row in rows.values() if "sha256" in row}
+            digests = {row["sha256"][model] for row in rows.values() if model in row.get("sha256", {})}
             complete = all("sha256" in row for row in rows.values())
             agree[model] = len(digests) == 1 and complete if digests else None
         table[config] = {"parts": parts, "settings": settings(parts), "environments": rows,
                          "distinct_hashes": {model: len({row["sha256"][model] for row in rows.values()
-                                                         if "sha256" in row}) for model in args.models},
+                                                         if model in row.get("sha256", {})}) for model in args.models},
                          "all_environments_agree": agree}
     return {"environments_run": runnable, "environments_skipped": skipped,
             "skipped_because": f"no {QEMU} (apt-get install qemu-user)" if skipped else None, "configs": table}
@@ -280,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--envs", nargs="+", default=list(ENVIRONMENTS),
                         help="native-N or QEMU_CPU_MODEL-N (qemu-x86_64 -cpu help lists the models)")
     parser.add_argument("--models", nargs="+", default=["conv_vae", "dense_ae"])
+    parser.add_argument("--emulated_models", nargs="+", default=None,
+                        help="the models trained under qemu (default: --models; conv_vae takes over 20 CPU minutes)")
     parser.add_argument("--images", type=int, default=16, help="training images of a hashed run")
     parser.add_argument("--batch_size", type=int, default=8, help="of a hashed run (default: 2 steps of 16 images)")
     parser.add_argument("--test_images", type=int, default=32, help="evaluated at the end of a hashed run")
@@ -288,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timing_epochs", type=int, default=4)
     parser.add_argument("--timing_repeats", type=int, default=3, help="processes per configuration (0: no timing)")
     parser.add_argument("--jobs", type=int, default=1, help="hashed runs side by side")
+    parser.add_argument("--skip", nargs="*", default=[], help="CONFIG@ENVIRONMENT pairs not to run")
     parser.add_argument("--timeout", type=float, default=1500, help="seconds an emulated child may take "
                                                                       "(a native one a tenth)")
     parser.add_argument("--out", default=None, help="JSON (default: benchmarks/results/portable_bits.json)")
@@ -311,7 +322,8 @@ def main(argv: list[str] | None = None) -> None:
         shim = build_shim(Path(folder))
         results = {"seed": SEED, "batch_size": args.batch_size, "latent_dim": LATENT_DIM, "images": args.images,
                    "test_images": args.test_images,
-                   "models": args.models, "core_counts_faked": shim is not None,
+                   "models": args.models, "emulated_models": args.emulated_models or args.models,
+                   "core_counts_faked": shim is not None,
                    "qemu": shutil.which(QEMU), "parts": PORTABLE_PARTS | EXTRA_PARTS}
         results |= hash_table(configs, args.envs, shim, args)
         results["timing"] = timing(shim, args) if args.timing_repeats else None
