@@ -24,6 +24,8 @@ from vaejax.errors import VaejaxError
 from vaejax.files import (
     WorkdirLock,
     atomic_write,
+    is_number,
+    is_whole_number,
     make_folder,
     parse_json,
     read_json,
@@ -185,10 +187,6 @@ def read_run_config(workdir: Path) -> Config:
         raise VaejaxError(f"{path}: {error}") from None
 
 
-def is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def check_metrics_record(record) -> None:
     """An epoch's record: names -> numbers or texts, or one level of names -> numbers (train, test), with
     `epoch` a whole number from 1; raises ValueError saying what is wrong."""
@@ -201,7 +199,7 @@ def check_metrics_record(record) -> None:
         elif not (is_number(value) or isinstance(value, str)):
             raise ValueError(f"{name!r} is not a number, a text or an object of numbers")
     epoch = record.get("epoch", 1)
-    if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 1):
+    if not (is_whole_number(epoch) and epoch >= 1):
         raise ValueError(f"epoch {epoch!r} is not a whole number from 1")
 
 

@@ -23,7 +23,7 @@ from vaejax import checkpoint
 from vaejax.batching import SET_BATCH, batch_indices, map_batches, num_batches
 from vaejax.data import IMAGE_SIDE, NUM_CLASSES, Dataset
 from vaejax.errors import VaejaxError
-from vaejax.files import atomic_write, make_folder, read_json, write_json
+from vaejax.files import atomic_write, is_number, make_folder, read_json, write_json
 from vaejax.models import images_to_float
 
 CLASSIFIER_EPOCHS = 5
@@ -125,7 +125,7 @@ def cached_classifier(dataset: Dataset, cache_dir: Path, seed: int = 0, epochs: 
     if params_path.is_file() and info_path.is_file():
         params = checkpoint.load_params(params_path, init_classifier(jax.random.key(0)))
         accuracy = read_json(info_path, INFO_BYTES, 1).get("test_accuracy")
-        if not checkpoint.is_number(accuracy):
+        if not is_number(accuracy):
             raise VaejaxError(f"{info_path}: no test_accuracy (remove {folder} to retrain it)")
         return Classifier(params, float(accuracy))
     log(f"training the {dataset.name} classifier ({epochs} epochs), cached in {folder}")

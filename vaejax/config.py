@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from vaejax import validation
 from vaejax.data import IMAGE_PIXELS, IMAGE_SIDE, MAX_EXAMPLES
 from vaejax.errors import VaejaxError
+from vaejax.files import is_number, is_whole_number
 from vaejax.validation import INT32_MAX
 from vaejax.validation import require as _require
 
@@ -181,9 +182,9 @@ _TYPE_NAMES = {int: "a whole number", float: "a number", bool: "true or false", 
 
 def _has_type(value, kind: type) -> bool:
     if kind is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
+        return is_number(value)
     if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return is_whole_number(value)
     if kind is str:
         return isinstance(value, str) and "\0" not in value
     return isinstance(value, kind)

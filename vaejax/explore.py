@@ -55,6 +55,7 @@ from vaejax.command import Command, OneLineParser
 from vaejax.config import Config
 from vaejax.data import IMAGE_PIXELS, IMAGE_SIDE, NUM_CLASSES
 from vaejax.errors import VaejaxError
+from vaejax.files import is_number, is_whole_number
 from vaejax.inference import (
     INTERPOLATION_STEPS,
     cell_extent,
@@ -183,7 +184,7 @@ def only(request: dict, *fields: str) -> None:
 def numbers(value, length: int, name: str, low: float = -np.inf, high: float = np.inf, why: str = "") -> np.ndarray:
     """`value` as `length` finite float32 numbers in [low, high], or BadRequest (saying `why` the bounds)."""
     if (not isinstance(value, list) or len(value) != length
-            or not all(isinstance(item, int | float) and not isinstance(item, bool) for item in value)):
+            or not all(is_number(item) for item in value)):
         raise BadRequest(f"{name} must be a list of {length} numbers")
     try:
         array = np.asarray(value, np.float64)
@@ -197,7 +198,7 @@ def numbers(value, length: int, name: str, low: float = -np.inf, high: float = n
 
 
 def requested_integer(value, name: str, low: int, high: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+    if not is_whole_number(value) or not low <= value <= high:
         raise BadRequest(f"{name} must be a whole number from {low} to {high}")
     return value
 

@@ -152,6 +152,16 @@ def json_depth(text: str) -> int:
     return int(np.cumsum(opening.astype(np.int64) - closing).max())
 
 
+def is_number(value) -> bool:
+    """A JSON number: an int or a float, not a bool (which Python counts as an int)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def is_whole_number(value) -> bool:
+    """A JSON whole number: an int, not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def parse_json(text: str, max_depth: int, allow_nonfinite: bool = False):
     """JSON `text` nested at most `max_depth` deep, numbers of at most MAX_NUMBER_CHARS characters and,
     unless `allow_nonfinite`, finite; raises ValueError saying what is wrong."""

@@ -25,7 +25,7 @@ from scipy.special import logsumexp
 
 from vaejax.data import NUM_CLASSES, Dataset
 from vaejax.errors import VaejaxError
-from vaejax.files import make_folder, read_json, write_json
+from vaejax.files import is_whole_number, make_folder, read_json, write_json
 from vaejax.inference import decode_latents, evaluation_images, latent_means, prior_draws
 from vaejax.models import AutoEncoder
 
@@ -279,7 +279,7 @@ def load_fit(path: Path, max_bytes: int = MAX_FIT_BYTES) -> tuple[dict, MixtureF
         summary, setting = saved["fit"], saved["setting"]
         if not (isinstance(summary, dict) and isinstance(setting, dict)
                 and isinstance(summary["log_likelihood"], int | float) and isinstance(summary["converged"], bool)
-                and isinstance(summary["iterations"], int) and not isinstance(summary["iterations"], bool)):
+                and is_whole_number(summary["iterations"])):
             raise ValueError("a fit summary or setting of the wrong types")
         fit = MixtureFit(mixture, float(summary["log_likelihood"]), summary["iterations"], summary["converged"])
         return setting, fit
