@@ -306,6 +306,11 @@ class EpochLoop:
         if line is not None:  # an epoch's line is printed once its checkpoint is on disk
             self.log(line)
 
+    def host_copy(self, state: TrainState):
+        """The state as a checkpoint stores it; None where this process writes nothing (the copy of the
+        whole state to the host is then not made)."""
+        return checkpoint.host_state(state) if self.run_dir.writes else None
+
     def after_step(self, state: TrainState) -> bool:
         self.observer.step(state)
         return self.stop()
@@ -329,7 +334,7 @@ class EpochLoop:
             if int(state.step) < trainer.steps:
                 worker.keep_only("checkpoint")  # earlier checkpoints first, then this one; no more figures
                 worker.drain()
-                self.save(checkpoint.host_state(state), list(history))
+                self.save(self.host_copy(state), list(history))
                 raise TrainingInterrupted(
                     f"interrupted in epoch {epoch} after step {int(state.step)} of {trainer.steps}; "
                     f"checkpoint written, continue with --resume", stop.signum,
@@ -350,7 +355,7 @@ class EpochLoop:
                 line = format_epoch(epoch, config.epochs, train_metrics, test_metrics, seconds,
                                     trainer.model.variational)
                 worker.submit("checkpoint",
-                              functools.partial(self.save, checkpoint.host_state(state), list(history), line))
+                              functools.partial(self.save, self.host_copy(state), list(history), line))
                 # The figures reuse the evaluation's latent means, unless it saw a binarized test set.
                 self.observer.end_epoch(record, plan.to_host(state.params), step_losses, list(history),
                                         None if trainer.loss.binarize else test_means)
