@@ -10,8 +10,9 @@ Each (configuration, environment) runs in a fresh process: the same seeded short
 (vaejax's `train`, one epoch of `--images` 16 images at `--batch_size` 8, seed 3, then `--test_images` 32
 evaluated: tiny, because under qemu JAX runs some hundred times slower), recording the SHA-256 of each run's
 params.msgpack. A configuration is XLA_FLAGS (after the flag train.py adds) and environment variables;
-`default` is today's, `portable` the candidate, and `--ablate` adds the candidate minus each of its parts, to
-find the smallest set (natively only). An environment is native or
+`default` is XLA:CPU's own (train.py's `--cpu_bits machine`), `portable` the candidate (train.py's default),
+and `--ablate` adds the candidate minus each of its parts, to find the smallest set (natively only).
+An environment is native or
 `qemu-x86_64 -cpu MODEL` (Debian's qemu-user, which emulates AVX, AVX2 and FMA but not AVX-512), at a core
 count: natively 1 is `taskset -c 0`; any count is also what XLA:CPU sizes its thread pools by, faked with an
 LD_PRELOAD shim over sched_getaffinity, sysconf and get_nprocs (built with gcc into a temporary folder).
@@ -64,6 +65,7 @@ EXTRA_PARTS = {
 ENVIRONMENTS = ("native-1", "native-2", "native-16", "Haswell-1", "SandyBridge-1", "EPYC-1")
 QEMU = "qemu-x86_64"
 SEED, LATENT_DIM = 3, 2
+HASH_IMAGES, HASH_BATCH, HASH_TEST_IMAGES = 16, 8, 32  # a hashed run: 2 steps, then 32 test images (golden_bits.py)
 TIMING_BATCH, TIMING_TEST_IMAGES = 128, 256
 RESULT = "portable_bits child result: "  # the line a child prints its JSON on
 SHIM_SOURCE = r"""
@@ -188,7 +190,8 @@ def child(args: argparse.Namespace) -> None:
     """Runs in the child process: hash each model's seeded run, or time one model's epochs."""
     from vaejax.devices import use_deterministic_kernels
 
-    use_deterministic_kernels()  # XLA_FLAGS as train.py leaves them, before the backend starts
+    # the GPU flag as train.py adds it; the CPU settings are this configuration's alone, from its environment
+    use_deterministic_kernels(True, cpu_bits="machine")
     import jax
 
     found = {"cores_seen": len(os.sched_getaffinity(0)), "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -290,9 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models", nargs="+", default=["conv_vae", "dense_ae"])
     parser.add_argument("--emulated_models", nargs="+", default=None,
                         help="the models trained under qemu (default: --models; conv_vae takes over 20 CPU minutes)")
-    parser.add_argument("--images", type=int, default=16, help="training images of a hashed run")
-    parser.add_argument("--batch_size", type=int, default=8, help="of a hashed run (default: 2 steps of 16 images)")
-    parser.add_argument("--test_images", type=int, default=32, help="evaluated at the end of a hashed run")
+    parser.add_argument("--images", type=int, default=HASH_IMAGES, help="training images of a hashed run")
+    parser.add_argument("--batch_size", type=int, default=HASH_BATCH,
+                        help="of a hashed run (default: 2 steps of 16 images)")
+    parser.add_argument("--test_images", type=int, default=HASH_TEST_IMAGES,
+                        help="evaluated at the end of a hashed run")
     parser.add_argument("--timing_model", default="conv_vae", help="the model timed, at batch 128")
     parser.add_argument("--timing_images", type=int, default=2560)
     parser.add_argument("--timing_epochs", type=int, default=4)

@@ -20,26 +20,10 @@ from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# The vector and matrix extensions that change which kernels XLA:CPU and PyTorch run; every amx_* flag is added.
-CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16")
+sys.path.insert(0, str(ROOT))
+from vaejax.devices import host_cpu  # noqa: E402  (model, vendor, instruction sets, cores)
+
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "torch")  # those installed are recorded
-
-
-def cpu() -> dict:
-    """The first processor's model, vendor and instruction sets from /proc/cpuinfo; the cores this process may use."""
-    fields = {}
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
-        name, colon, value = line.partition(":")
-        if not colon:  # a blank line ends the first processor's block
-            break
-        fields.setdefault(name.strip(), value.strip())
-    flags = set(fields.get("flags", "").split())
-    return {"model": fields.get("model name") or platform.processor() or platform.machine(),
-            "vendor": fields.get("vendor_id"), "architecture": platform.machine(),
-            "cores": len(os.sched_getaffinity(0)),
-            "instruction_sets": [flag for flag in CPU_FLAGS if flag in flags]
-                                + sorted(flag for flag in flags if flag.startswith("amx"))}
 
 
 def accelerator() -> dict:
@@ -80,7 +64,7 @@ def provenance(script: str, argv: list[str] | None = None) -> dict:
     arguments = sys.argv[1:] if argv is None else argv
     return {"command": shlex.join(["python", str(shown), *arguments]),
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "commit": commit(), "machine": {"cpu": cpu(), **accelerator()}, "versions": versions(),
+            "commit": commit(), "machine": {"cpu": host_cpu(), **accelerator()}, "versions": versions(),
             "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 

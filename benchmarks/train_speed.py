@@ -41,7 +41,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 try:  # optional under --smoke, which then times vaejax alone
     import torch
@@ -51,15 +50,13 @@ except ModuleNotFoundError:
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import smoke  # noqa: E402
 from benchmarks.provenance import provenance  # noqa: E402
+from benchmarks.step_timing import time_vaejax  # noqa: E402
 from vaejax.batching import num_batches  # noqa: E402
 from vaejax.config import MODEL_DEFAULTS  # noqa: E402
-from vaejax.data import Dataset, load_bundled_mnist  # noqa: E402
-from vaejax.devices import plan_devices, use_deterministic_kernels  # noqa: E402
-from vaejax.keys import seed_keys  # noqa: E402
+from vaejax.data import load_bundled_mnist  # noqa: E402
+from vaejax.devices import use_deterministic_kernels  # noqa: E402
 from vaejax.losses import loss_terms  # noqa: E402
 from vaejax.models import build_model, count_params, images_to_float, init_params  # noqa: E402
-from vaejax.steps import init_state, zero_sums  # noqa: E402
-from vaejax.training import Trainer  # noqa: E402
 
 if torch is not None:
     from benchmarks.peers import torch_autoencoders as peer
@@ -92,37 +89,6 @@ def same_function(name: str, images: np.ndarray) -> dict:
 def _reorder(outputs, images):
     logits, mean, std = outputs
     return logits, images, mean, std
-
-
-def time_vaejax(name: str, dataset: Dataset, steps: int, repeats: int) -> dict:
-    settings = MODEL_DEFAULTS[name]
-    batch = settings["batch_size"]
-    model = build_model(name, 2)
-    optimizer = optax.adam(settings["learning_rate"])
-    keys = seed_keys(0)
-    plan = plan_devices(name, batch)  # --loop auto --micro_batches auto
-    loop, micro_batches = plan.loop, plan.micro_batches
-    # A training set of exactly `steps` batches: one "epoch" is the timed window, in either loop.
-    trainer = Trainer(model, optimizer, batch, dataset.limited(steps * batch), keys.eval, plan)
-    state = init_state(model, optimizer, keys, trainer.steps)
-
-    def window(state):
-        _, order, step_root = trainer.shuffle(state.rng)
-        state = trainer.train_epoch(state.replace(step=jnp.int32(0), sums=zero_sums(trainer.steps)), order, step_root)
-        jax.block_until_ready(state.params)
-        return state
-
-    started = time.perf_counter()
-    state = window(state)
-    first = time.perf_counter() - started
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        state = window(state)
-        times.append(time.perf_counter() - started)
-    seconds = statistics.median(times)
-    return {"loop": loop, "micro_batches": micro_batches, "ms_per_step": 1e3 * seconds / steps,
-            "compile_s": first - seconds, "repeats_ms_per_step": [1e3 * t / steps for t in times]}
 
 
 PEERS = ("eager", "compile", "cudagraphs")

@@ -148,3 +148,24 @@ def test_resuming_in_another_environment_is_named_and_both_are_kept(tmp_path):
     saved = checkpoint.read_config_record(tmp_path / checkpoint.CONFIG_FILE)
     assert saved["environment"] == second and saved["earlier_environments"] == [first]
     assert checkpoint.read_run_config(tmp_path).model == "dense_ae"  # the records do not disturb reading it
+
+
+def test_a_resume_on_another_cpu_is_warned_of_only_where_the_bits_depend_on_it(tmp_path):
+    """In portable mode another CPU model or core count gives the same bytes: kept in config.json, not
+    warned of; in machine mode (or from a run that was) it is."""
+    config = make_config(tmp_path)
+    resumed = dataclasses.replace(config, resume=True)
+    xeon = {"backend": "cpu", "cpu_bits": "portable", "cpu_model": "Intel(R) Xeon(R) Processor",
+            "cpu_instruction_sets": "avx avx2 fma avx512f", "cpu_cores": 2}
+    epyc = xeon | {"cpu_model": "AMD EPYC", "cpu_instruction_sets": "avx avx2 fma", "cpu_cores": 16}
+    checkpoint.prepare_workdir(tmp_path, config, xeon)
+    assert checkpoint.prepare_workdir(tmp_path, resumed, epyc) == []
+    assert checkpoint.read_config_record(tmp_path / checkpoint.CONFIG_FILE)["earlier_environments"] == [xeon]
+    local = {name: value | {"cpu_bits": "machine"} for name, value in (("xeon", xeon), ("epyc", epyc))}
+    assert checkpoint.prepare_workdir(tmp_path, resumed, local["xeon"]) == [
+        "cpu_bits", "cpu_cores", "cpu_instruction_sets", "cpu_model"]
+    assert checkpoint.prepare_workdir(tmp_path, resumed, local["epyc"]) == [
+        "cpu_cores", "cpu_instruction_sets", "cpu_model"]
+    gpu = {"backend": "gpu", "cpu_bits": "machine", "device_kind": "NVIDIA H200", "cpu_model": "AMD EPYC"}
+    checkpoint.prepare_workdir(tmp_path, dataclasses.replace(config, overwrite=True), gpu)
+    assert checkpoint.prepare_workdir(tmp_path, resumed, gpu | {"cpu_model": "Intel Xeon"}) == []  # a GPU's bits

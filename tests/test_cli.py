@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import os
+import sys
 
 import jax
 import pytest
@@ -80,16 +81,29 @@ def test_quick_run_writes_the_work_directory(tmp_path):
         assert (workdir / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_deterministic_kernels_are_asked_for_by_default_and_can_be_declined(monkeypatch):
+def test_deterministic_and_portable_kernels_are_asked_for_by_default_and_can_be_declined(monkeypatch):
     from vaejax import devices
 
+    portable = " ".join(devices.PORTABLE_CPU_XLA_FLAGS)
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+    monkeypatch.delenv("TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL", raising=False)
+    monkeypatch.setattr(devices, "_added_flags", set())
+    monkeypatch.setattr(devices, "_added_variables", set())
     devices.use_deterministic_kernels()
     devices.use_deterministic_kernels()  # once only
-    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=1 --xla_gpu_deterministic_ops=true"
-    devices.use_deterministic_kernels(False)
+    assert os.environ["XLA_FLAGS"] == ("--xla_force_host_platform_device_count=1 --xla_gpu_deterministic_ops=true "
+                                       + portable)
+    assert os.environ["TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL"] == "false"
+    devices.use_deterministic_kernels(False, "machine")
     assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=1"
-    assert build_parser().parse_args([]).deterministic
+    assert "TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL" not in os.environ
+    # what the user set stays theirs, and the run then says it is not portable
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_max_isa=AVX2")
+    devices.use_deterministic_kernels()
+    assert os.environ["XLA_FLAGS"].split().count("--xla_cpu_max_isa=AVX2") == 1
+    assert "--xla_cpu_max_isa=AVX" not in os.environ["XLA_FLAGS"].split()
+    assert devices.cpu_bits_in_force() == "machine"
+    assert build_parser().parse_args([]).deterministic and build_parser().parse_args([]).cpu_bits == "portable"
     assert not build_parser().parse_args(["--nondeterministic"]).deterministic
 
 
@@ -102,6 +116,29 @@ def test_the_run_records_what_its_bits_depend_on(tmp_path):
     assert environment["loop"] == "scan" and environment["micro_batches"] == 1  # dense_ae's measured choice
     assert "--xla_gpu_deterministic_ops=true" in environment["xla_flags"] and environment["deterministic_kernels"]
     assert {"device_kind", "jaxlib", "device_count", "process_count"} <= environment.keys()
+    from vaejax.devices import PORTABLE_CPU_XLA_FLAGS, host_cpu
+
+    cpu = host_cpu()
+    assert set(PORTABLE_CPU_XLA_FLAGS) <= set(environment["xla_flags"].split())
+    assert environment["cpu_bits"] == "portable"
+    assert environment["TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL"] == "false"
+    assert (environment["cpu_model"], environment["cpu_vendor"], environment["cpu_cores"]) == (
+        cpu["model"], cpu["vendor"], cpu["cores"])
+    assert environment["cpu_instruction_sets"].split() == cpu["instruction_sets"]
+
+
+def test_machine_local_cpu_bits_are_recorded_and_warned_of_once(tmp_path):
+    import subprocess
+
+    own = {name: value for name, value in os.environ.items() if name != "TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL"}
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--model", "dense_ae", "--epochs", "1", "--limit",
+                             "64", "--no-tensorboard", "--cpu_bits", "machine", "--workdir", str(tmp_path / "run")],
+                            env=own | {"XLA_FLAGS": ""}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    environment = json.loads((tmp_path / "run" / "config.json").read_text())["environment"]
+    assert environment["cpu_bits"] == "machine" and "--xla_cpu_max_isa=AVX" not in environment["xla_flags"]
+    assert environment["TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL"] is None
+    assert (result.stdout + result.stderr).count("--cpu_bits machine: this CPU's fastest kernels") == 1
 
 
 def test_the_python_floor_is_the_pinned_jax_s():

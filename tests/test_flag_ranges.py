@@ -113,6 +113,7 @@ def train_flags(paths) -> dict:
         "--learning_rate": floats_as_text(), "--seed": integers_as_text(), "--inputs_decoder": integers_as_text(),
         "--test_image_number": integers_as_text(), "--limit": integers_as_text(),
         "--micro_batches": st.one_of(st.just("auto"), integers_as_text()),
+        "--cpu_bits": choice_of("portable", "machine"),
         "--loop": choice_of("auto", "step", "scan"), "--binarize": choice_of("none", "dynamic"),
         "--objective": choice_of("elbo", "iwae", "dreg"), "--train_samples": integers_as_text(),
         "--schedule": choice_of("constant", "iwae"), "--beta": floats_as_text(),

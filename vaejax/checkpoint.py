@@ -20,6 +20,7 @@ import numpy as np
 from flax import serialization
 
 from vaejax.config import Config, check_option_types
+from vaejax.devices import bits_differ
 from vaejax.errors import VaejaxError
 from vaejax.files import (
     WorkdirLock,
@@ -104,7 +105,8 @@ def prepare_workdir(workdir: Path, config: Config, environment: dict | None = No
     `--resume` continues the run there, or starts it when it has no checkpoint yet (so a job can
     always be launched with --resume); its configuration must be the same. Its environment may
     differ (another machine, another JAX): the earlier ones are kept in config.json under
-    `earlier_environments`, and the entries that changed are returned, for a warning.
+    `earlier_environments`, and the entries whose change changes the bits (`devices.bits_differ`: not
+    the CPU model in portable mode) are returned, for a warning.
     """
     make_folder(workdir, "work directory")
     _check_writable(workdir)
@@ -118,9 +120,9 @@ def prepare_workdir(workdir: Path, config: Config, environment: dict | None = No
                 raise VaejaxError(f"--resume: {workdir} holds a run with different {', '.join(changed)}")
             previous = saved.get(ENVIRONMENT_KEY) or {}
             earlier = saved.get(EARLIER_ENVIRONMENTS_KEY, [])
-            changed_environment = sorted(name for name in environment if previous.get(name) != environment[name])
-            if previous and changed_environment:
+            if previous and any(previous.get(name) != value for name, value in environment.items()):
                 earlier = [*earlier, previous]
+                changed_environment = bits_differ(previous, environment)
     elif config.overwrite:
         for name in RUN_FILES:
             remove_file(workdir / name)
@@ -133,7 +135,7 @@ def prepare_workdir(workdir: Path, config: Config, environment: dict | None = No
     if earlier:
         record[EARLIER_ENVIRONMENTS_KEY] = earlier
     write_json(config_path, record)
-    return changed_environment if earlier else []
+    return changed_environment
 
 
 def _check_writable(workdir: Path) -> None:

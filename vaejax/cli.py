@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--nondeterministic", dest="deterministic", action="store_false", default=Config.deterministic,
         help=f"GPU: allow XLA's nondeterministic kernels (by default XLA_FLAGS gets {DETERMINISTIC_XLA_FLAG} "
              "before JAX starts, so the same seed gives the same bits); CPU and TPU are deterministic anyway")
+    add("--cpu_bits", default=Config.cpu_bits,
+        help="XLA:CPU: portable (default): the same seed gives the same bytes on every x86-64 CPU at any core count "
+             f"(XLA_FLAGS gets {' '.join(devices.PORTABLE_CPU_XLA_FLAGS)} and "
+             f"{' '.join(f'{name}={value}' for name, value in devices.PORTABLE_CPU_ENVIRONMENT.items())}); "
+             "machine: this CPU's fastest kernels, whose bytes repeat only on the same CPU model and core count")
     add("--deterministic", dest="deterministic", action="store_true",
         help="changes nothing: deterministic GPU kernels are the default (accepted for older scripts)")
     distributed = parser.add_argument_group(
@@ -143,7 +148,7 @@ def options_from_flags(flags: argparse.Namespace) -> tuple[Config, Launch]:
 
 def start(options: tuple[Config, Launch]) -> int:
     config, launch = options
-    devices.use_deterministic_kernels(config.deterministic)
+    devices.use_deterministic_kernels(config.deterministic, config.cpu_bits)
     if launch.distributed:
         devices.initialize_distributed(launch.coordinator_address, launch.num_processes, launch.process_id)
     return run(config)

@@ -22,6 +22,7 @@ SCHEDULES = ("constant", "iwae")
 OBJECTIVES = ("elbo", "iwae", "dreg")  # vaejax.steps.LossSpec
 BINARIZATIONS = ("none", "dynamic")
 LOOPS = ("auto", "step", "scan")
+CPU_BITS = ("portable", "machine")  # vaejax.devices.use_deterministic_kernels
 DATASET_NAME = re.compile(r"[a-z][a-z0-9_]*(/[a-z0-9_.]+)?(:[0-9.*]+)?")  # TFDS's name[/config][:version]
 MAX_TRAIN_IMAGES = MAX_EXAMPLES
 MAX_TEST_IMAGES_SHOWN = 100  # the reconstruction figure; drawing grows with it
@@ -68,6 +69,7 @@ class Config:
     test_image_number: int = 5
     plot_latent: bool | None = None
     deterministic: bool = True  # GPU: deterministic XLA kernels (vaejax.devices)
+    cpu_bits: str = "portable"  # XLA:CPU: the same bytes on every CPU, or "machine" (vaejax.devices.CPU_BITS)
     loop: str = "auto"
     tensorboard: bool = True
     binarize: str = "none"
@@ -117,6 +119,7 @@ class Config:
         validation.whole_number("--test_image_number", self.test_image_number, 1, MAX_TEST_IMAGES_SHOWN,
                                 "one figure column each")
         _require(not (self.resume and self.overwrite), "--resume and --overwrite exclude each other")
+        _require(self.cpu_bits in CPU_BITS, f"--cpu_bits must be one of {', '.join(CPU_BITS)}, got {self.cpu_bits!r}")
         _require(self.loop in LOOPS, f"--loop must be one of {', '.join(LOOPS)}, got {self.loop!r}")
         _require(
             self.micro_batches is None or 1 <= self.micro_batches <= self.batch_size,

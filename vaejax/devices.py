@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import jax
 import jaxlib
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from vaejax.config import CPU_BITS  # --cpu_bits: the same bytes on every CPU, or this CPU's fastest kernels
 from vaejax.errors import VaejaxError
 from vaejax.validation import host_memory_bytes
 
@@ -25,6 +28,20 @@ from vaejax.validation import host_memory_bytes
 # flag keeps only deterministic kernels. XLA reads it when the backend starts, so it must be in
 # XLA_FLAGS before the first computation. XLA:CPU and XLA:TPU kernels are deterministic already.
 DETERMINISTIC_XLA_FLAG = "--xla_gpu_deterministic_ops=true"
+
+# XLA:CPU repeats its bits on one machine, but by default they depend on the CPU: YNNPACK picks its
+# reduction kernels per instruction set and splits them by thread count, LLVM's fast exp/log/tanh and
+# its code for the host's widest vectors (FMA or not) round differently, and Eigen's custom contraction
+# kernel dispatches per CPU and thread count. These settings, measured one by one in
+# benchmarks/results/portable_bits.json (each is needed there), make the bits the same on every x86-64 CPU
+# at any core count. Each reaches only XLA:CPU; GPU and TPU programs are compiled as before.
+PORTABLE_CPU_XLA_FLAGS = (
+    "--xla_cpu_enable_platform_dependent_math=false",  # exp, log, tanh computed alike on every CPU
+    "--xla_cpu_max_isa=AVX",  # XLA's own code at most AVX: no FMA contraction, no wider vectors
+    "--xla_cpu_experimental_ynn_fusion_type=-reduce",  # reductions in XLA's code, not YNNPACK's per-CPU kernels
+)
+PORTABLE_CPU_ENVIRONMENT = {"TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL": "false"}  # Eigen's own contraction
+
 
 # `--loop auto`: the epoch scan on accelerators (one dispatch per epoch; measured 2.6x faster for
 # conv_vae on an H100, unmeasured on TPU); on XLA:CPU what benchmarks/loop_structure.py measured.
@@ -63,18 +80,43 @@ def backend_started() -> bool:
 
 
 _flags_set_late = False  # XLA_FLAGS changed after the backend had read them
+_added_flags: set[str] = set()  # the XLA flags this process added (a later call may take them out again)
+_added_variables: set[str] = set()  # likewise the environment variables
 
 
-def use_deterministic_kernels(enabled: bool = True) -> None:
-    """Add (or with `enabled=False` remove) the deterministic-kernel flag in XLA_FLAGS; it takes
-    effect only if no JAX backend has started yet in this process."""
+def flag_name(flag: str) -> str:
+    return flag.partition("=")[0]
+
+
+def use_deterministic_kernels(enabled: bool = True, cpu_bits: str = "portable") -> None:
+    """Set XLA_FLAGS (and the environment) for reproducible bits before JAX's backend starts: with
+    `enabled` XLA:GPU's deterministic kernels (off: XLA's fastest, which may not repeat); with
+    `cpu_bits="portable"` the XLA:CPU settings that give the same bytes on every CPU ("machine": this
+    CPU's fastest kernels, whose bytes only this kind of CPU at this core count repeats). A setting the
+    user made themselves (in XLA_FLAGS, for the same option, or in the environment) is kept either way.
+    Takes effect only if no JAX backend has started yet in this process."""
     global _flags_set_late
-    before = os.environ.get("XLA_FLAGS", "")
-    flags = [flag for flag in before.split() if flag != DETERMINISTIC_XLA_FLAG]
-    if enabled:
-        flags.append(DETERMINISTIC_XLA_FLAG)
+    if cpu_bits not in CPU_BITS:
+        raise ValueError(f"cpu_bits must be one of {CPU_BITS}, got {cpu_bits!r}")
+    before, variables_before = os.environ.get("XLA_FLAGS", ""), set(_added_variables)
+    flags = [flag for flag in before.split() if flag not in _added_flags]
+    _added_flags.clear()
+    users = {flag_name(flag) for flag in flags}
+    wanted = [DETERMINISTIC_XLA_FLAG] * enabled + list(PORTABLE_CPU_XLA_FLAGS) * (cpu_bits == "portable")
+    for flag in wanted:
+        if flag_name(flag) not in users:
+            flags.append(flag)
+            _added_flags.add(flag)
     os.environ["XLA_FLAGS"] = " ".join(flags)
-    if os.environ["XLA_FLAGS"] != before and backend_started():
+    for name, value in PORTABLE_CPU_ENVIRONMENT.items():
+        if cpu_bits == "portable" and name not in os.environ:
+            os.environ[name] = value
+            _added_variables.add(name)
+        elif cpu_bits == "machine" and name in _added_variables:
+            del os.environ[name]
+            _added_variables.discard(name)
+    changed = os.environ["XLA_FLAGS"] != before or _added_variables != variables_before
+    if changed and backend_started():
         _flags_set_late = True
         print("warning: a JAX backend had already started; XLA_FLAGS changes take effect in a new process",
               file=sys.stderr)
@@ -85,6 +127,47 @@ def deterministic_kernels_on() -> bool:
     if jax.default_backend() != "gpu":
         return True
     return not _flags_set_late and DETERMINISTIC_XLA_FLAG in os.environ.get("XLA_FLAGS", "").split()
+
+
+def cpu_bits_in_force() -> str:
+    """"portable" when every portable XLA:CPU setting was in force when the backend started, else "machine"."""
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    portable = (not _flags_set_late and all(flag in flags for flag in PORTABLE_CPU_XLA_FLAGS)
+                and all(os.environ.get(name) == value for name, value in PORTABLE_CPU_ENVIRONMENT.items()))
+    return "portable" if portable else "machine"
+
+
+# The vector and matrix extensions that change which kernels XLA:CPU (and PyTorch) run; every amx_* flag is added.
+CPU_INSTRUCTION_SETS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16")
+
+
+def host_cpu() -> dict:
+    """The first processor's model, vendor and instruction sets from /proc/cpuinfo; the cores this process may use."""
+    fields = {}
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
+        name, colon, value = line.partition(":")
+        if not colon:  # a blank line ends the first processor's block
+            break
+        fields.setdefault(name.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    return {"model": fields.get("model name") or platform.processor() or platform.machine(),
+            "vendor": fields.get("vendor_id"), "architecture": platform.machine(),
+            "cores": len(os.sched_getaffinity(0)),
+            "instruction_sets": [flag for flag in CPU_INSTRUCTION_SETS if flag in flags]
+                                + sorted(flag for flag in flags if flag.startswith("amx"))}
+
+
+# The entries of a run's environment that name the CPU: its bits depend on them only off the portable mode.
+CPU_ENTRIES = ("cpu_model", "cpu_vendor", "cpu_instruction_sets", "cpu_cores")
+
+
+def bits_differ(before: dict, now: dict) -> list[str]:
+    """The environment entries whose change would change a run's bits (a resume is warned of these):
+    every changed entry, except the CPU's on a GPU or TPU, or when both parts ran in portable mode."""
+    changed = sorted(name for name in now if before.get(name) != now[name])
+    cpu_irrelevant = now.get("backend") != "cpu" or before.get("cpu_bits") == now.get("cpu_bits") == "portable"
+    return [name for name in changed if not (cpu_irrelevant and name in CPU_ENTRIES)]
 
 
 def initialize_distributed(coordinator_address: str | None, num_processes: int | None, process_id: int | None
@@ -116,6 +199,7 @@ class DevicePlan:
     loop: str  # "step": one compiled call per step; "scan": one per epoch
     micro_batches: int  # parts of a batch computed side by side (steps.micro_batched)
     deterministic_kernels: bool
+    cpu_bits: str  # "portable" or "machine" (see use_deterministic_kernels)
     batch_sharding: NamedSharding | None  # the batch split over the devices; None on one device
     replicated: NamedSharding | None
 
@@ -163,10 +247,14 @@ class DevicePlan:
 
     def bits_record(self) -> dict:
         """What a run's bits depend on beyond its flags: two runs agree bitwise only if these do."""
+        cpu = host_cpu()
         return {
             "backend": self.backend, "device_kind": self.device_kind, "device_count": self.device_count,
             "process_count": self.process_count, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
             "xla_flags": os.environ.get("XLA_FLAGS", ""), "deterministic_kernels": self.deterministic_kernels,
+            "cpu_bits": self.cpu_bits, **{name: os.environ.get(name) for name in PORTABLE_CPU_ENVIRONMENT},
+            "cpu_model": cpu["model"], "cpu_vendor": cpu["vendor"],
+            "cpu_instruction_sets": " ".join(cpu["instruction_sets"]), "cpu_cores": cpu["cores"],
             "loop": self.loop, "micro_batches": self.micro_batches,
         }
 
@@ -179,6 +267,9 @@ class DevicePlan:
         if self.micro_batches > 1:
             lines.append(f"each batch's gradient summed over {self.micro_batches} micro-batches differentiated "
                          "side by side")
+        if self.backend == "cpu" and self.cpu_bits == "machine":
+            lines.append("warning: --cpu_bits machine: this CPU's fastest kernels; another CPU model or core count "
+                         "gives other bits for the same seed")
         if not self.deterministic_kernels:
             lines.append(f"warning: nondeterministic GPU kernels: results will not repeat bitwise "
                          f"(XLA_FLAGS lacks {DETERMINISTIC_XLA_FLAG})")
@@ -203,6 +294,6 @@ def plan_devices(model_name: str, batch_size: int, loop: str = "auto", micro_bat
         backend=backend, device_kind=devices[0].device_kind, device_count=len(devices),
         process_index=jax.process_index(), process_count=jax.process_count(),
         loop=choose_loop(loop, model_name, backend), micro_batches=parts,
-        deterministic_kernels=deterministic_kernels_on(),
+        deterministic_kernels=deterministic_kernels_on(), cpu_bits=cpu_bits_in_force(),
         batch_sharding=batch_sharding, replicated=replicated,
     )

@@ -1,0 +1,174 @@
+"""XLA:CPU's kernel choices for vaejax's training step, measured in one run: which library computes the
+convolutions and dots (YNNPACK, Eigen, oneDNN), the portable settings or the machine's own, one or two
+micro-batches, and (conv models) how the convolutions are written; with, for each choice, whether its
+bits stay the same at 1 and 2 cores.
+
+    python benchmarks/cpu_kernels.py [--models conv_vae conv_cvae mlp_vae dense_ae] [--choices ...]
+                                     [--micro_batches 1 2] [--conv_impls xla both] [--repeats 5] [--out FILE]
+    python benchmarks/cpu_kernels.py --smoke     # seconds: dense_ae, two choices, tiny windows
+
+Each (choice, model, micro-batches, conv_impl) is timed in its own process (XLA reads its flags when the
+backend starts): milliseconds per training step of the real Trainer at the model's seed batch size
+(benchmarks/step_timing.py: median over `--repeats` windows, compile excluded), and the ratio to the
+`machine` choice (the XLA:CPU defaults, vaejax's default before portable bits) of the same model and
+micro-batch count measured in the same run. A choice is XLA_FLAGS given before vaejax adds its own
+(`use_deterministic_kernels` keeps a flag the user set), with `--cpu_bits` portable or machine:
+
+    machine          XLA:CPU's defaults: YNNPACK convolutions, dots and reductions, per-CPU kernels
+    portable         vaejax's default (vaejax.devices.PORTABLE_CPU_XLA_FLAGS): reductions out of YNNPACK, ...
+    portable+conv_eigen   the same with convolutions in Eigen (threaded) instead of YNNPACK
+    portable+dot_eigen    the same with dots in Eigen
+    portable+eigen        both
+    portable+onednn_dot   the same with every dot in oneDNN
+
+Then the bits: for each choice, the params SHA-256 of the golden run (benchmarks/golden_bits.py: 2 seeded
+steps, then 32 test images) of each conv model and dense_ae with one core (`taskset -c 0`) and with every core;
+a choice whose two hashes differ
+depends on the core count and cannot be the portable default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks import smoke  # noqa: E402
+from benchmarks.provenance import provenance  # noqa: E402
+
+YNN_TYPE = "--xla_cpu_experimental_ynn_fusion_type="
+CHOICES = {
+    "machine": ("machine", []),
+    "portable": ("portable", []),
+    "portable+conv_eigen": ("portable", [YNN_TYPE + "-reduce,-individual_convolution"]),
+    "portable+dot_eigen": ("portable", [YNN_TYPE + "-reduce,-individual_dot"]),
+    "portable+eigen": ("portable", [YNN_TYPE + "-reduce,-individual_convolution,-individual_dot"]),
+    "portable+onednn_dot": ("portable", ["--xla_cpu_use_onednn=true", "--xla_cpu_experimental_onednn_fusion_type=dot"]),
+}
+CONV_MODELS = ("conv_vae", "conv_cvae")
+WINDOW_STEPS = {"conv_vae": 10, "conv_cvae": 10, "mlp_vae": 200, "dense_ae": 200}  # about a second a window
+RESULT = "cpu_kernels child result: "  # the line a child prints its JSON on
+
+
+def child(args: argparse.Namespace) -> None:
+    """In a fresh process: set this choice's flags before JAX starts, then time or hash."""
+    cpu_bits, flags = CHOICES[args.choice]
+    os.environ["XLA_FLAGS"] = " ".join([*os.environ.get("XLA_FLAGS", "").split(), *flags])
+    from vaejax.devices import use_deterministic_kernels
+
+    use_deterministic_kernels(True, cpu_bits)
+    from vaejax.data import load_bundled_mnist
+
+    mnist = load_bundled_mnist()
+    found = {"xla_flags": os.environ.get("XLA_FLAGS", ""), "cores_seen": len(os.sched_getaffinity(0))}
+    if args.child == "time":
+        from benchmarks.step_timing import time_vaejax
+
+        found |= time_vaejax(args.models[0], mnist, args.steps or WINDOW_STEPS[args.models[0]], args.repeats,
+                             args.micro_batches[0], **({"conv_impl": args.conv_impls[0]}
+                                                       if args.models[0] in CONV_MODELS else {}))
+    else:
+        from benchmarks.golden_bits import seeded_run_sha256
+
+        found["sha256"] = {model: seeded_run_sha256(model) for model in args.models}
+    print(RESULT + json.dumps(found), flush=True)
+
+
+def run_child(arguments: list[str], one_core: bool = False) -> dict:
+    command = [*(["taskset", "-c", "0"] if one_core else []), sys.executable, str(Path(__file__).resolve()),
+               *arguments]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    lines = [line for line in result.stdout.splitlines() if line.startswith(RESULT)]
+    if result.returncode != 0 or not lines:
+        raise SystemExit(f"cpu_kernels.py: {' '.join(arguments)} failed: {(result.stderr or result.stdout)[-1500:]}")
+    return json.loads(lines[-1][len(RESULT):])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["conv_vae", "conv_cvae", "mlp_vae", "dense_ae"])
+    parser.add_argument("--choices", nargs="+", default=list(CHOICES), choices=list(CHOICES))
+    parser.add_argument("--micro_batches", nargs="+", type=int, default=[1, 2],
+                        help="counts tried for the conv models (the dense ones: 1)")
+    parser.add_argument("--conv_impls", nargs="+", default=["xla"], help="vaejax.models.CONV_IMPLS tried (conv models)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed windows per process")
+    parser.add_argument("--steps", type=int, default=None, help="steps a window (default: about a second's)")
+    parser.add_argument("--no-bits", dest="bits", action="store_false", help="skip the 1-core/all-cores hashes")
+    parser.add_argument("--out", default=None, help="JSON (default: benchmarks/results/cpu_kernels.json)")
+    parser.add_argument("--choice", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["time", "hash"], default=None, help=argparse.SUPPRESS)
+    smoke.add_flag(parser)
+    return parser
+
+
+def child_arguments(choice: str, mode: str, models: list[str], micro_batches: int = 1, conv_impl: str = "xla",
+                    args: argparse.Namespace | None = None) -> list[str]:
+    extra = ["--repeats", str(args.repeats)] + (["--steps", str(args.steps)] if args.steps else []) if args else []
+    return ["--child", mode, "--choice", choice, "--models", *models, "--micro_batches", str(micro_batches),
+            "--conv_impls", conv_impl, *extra]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = smoke.parse_args(parser, argv, {"models": ["dense_ae"], "choices": ["portable"], "repeats": 1,
+                                           "steps": 2})
+    if args.child:
+        child(args)
+        return
+    cells = [(choice, model, parts, impl) for model in args.models
+             for parts in (args.micro_batches if model in CONV_MODELS else [1])
+             for impl in (args.conv_impls if model in CONV_MODELS else ["xla"]) for choice in args.choices]
+    timings = []
+    for choice, model, parts, impl in cells:
+        started = time.perf_counter()
+        row = run_child(child_arguments(choice, "time", [model], parts, impl, args))
+        timings.append({"choice": choice, "model": model, "micro_batches": parts, "conv_impl": impl, **row,
+                        "wall_s": round(time.perf_counter() - started, 1)})
+        print(f"{choice:22s} {model:9s} x{parts} {impl:15s} {row['ms_per_step']:8.2f} ms/step "
+              f"(windows {[round(t, 1) for t in row['repeats_ms_per_step']]})", flush=True)
+    for row in timings:
+        peer = [other for other in timings if other["choice"] == "machine" and other["model"] == row["model"]
+                and other["micro_batches"] == row["micro_batches"] and other["conv_impl"] == "xla"]
+        row["ratio_to_machine"] = row["ms_per_step"] / peer[0]["ms_per_step"] if peer else None
+    bits = {}
+    if args.bits:
+        hashed = [model for model in (*CONV_MODELS, "dense_ae") if model in args.models] or args.models
+        for choice in args.choices:
+            one, every = (run_child(child_arguments(choice, "hash", hashed), one_core)["sha256"]
+                          for one_core in (True, False))
+            bits[choice] = {"one_core": one, "every_core": every,
+                            "same_at_1_and_all_cores": {model: one[model] == every[model] for model in hashed}}
+            print(f"{choice:22s} bits at 1 and {len(os.sched_getaffinity(0))} cores agree: "
+                  f"{bits[choice]['same_at_1_and_all_cores']}", flush=True)
+    fastest = {}
+    for model in args.models:
+        rows = [row for row in timings if row["model"] == model]
+        fastest[model] = min(rows, key=lambda row: row["ms_per_step"]) | {}
+        portable = [row for row in rows if row["choice"] != "machine"
+                    and all(bits.get(row["choice"], {}).get("same_at_1_and_all_cores", {}).values() or [True])]
+        best = min(portable, key=lambda row: row["ms_per_step"]) if portable else None
+        fastest[model] = {"fastest": {key: fastest[model][key] for key in ("choice", "micro_batches", "conv_impl",
+                                                                           "ms_per_step")},
+                          "fastest_portable": None if best is None else {
+                              key: best[key] for key in ("choice", "micro_batches", "conv_impl", "ms_per_step")}}
+    results = {"what": "ms per training step at each model's seed batch size; median of each process's windows",
+               "cores": len(os.sched_getaffinity(0)), "choices": {name: {"cpu_bits": bits_mode, "xla_flags": flags}
+                                                                  for name, (bits_mode, flags) in CHOICES.items()
+                                                                  if name in args.choices},
+               "timings": timings, "bits": bits, "best": fastest, "provenance": provenance(__file__, argv)}
+    out = smoke.out_path(args, ROOT / "benchmarks/results/cpu_kernels.json", "cpu_kernels.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    for model, row in fastest.items():
+        print(f"{model}: fastest {row['fastest']}; fastest with portable bits {row['fastest_portable']}")
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""The golden hashes: the same seed gives the same bytes on every CPU. A short seeded run of each seed model,
+in this process with the settings train.py uses by default (tests/conftest.py), must give the params
+SHA-256 written in benchmarks/results/golden_bits.json, whatever CPU, vendor, instruction set or core
+count runs the suite; the JSON lists every machine the hashes were checked on
+(`python benchmarks/golden_bits.py --record` adds one)."""
+
+import json
+
+import pytest
+from conftest import ROOT
+
+from benchmarks.golden_bits import GOLDEN, MODELS, seeded_run_sha256
+from vaejax.devices import PORTABLE_CPU_XLA_FLAGS, cpu_bits_in_force, host_cpu
+
+GOLDEN_RECORD = json.loads(GOLDEN.read_text())
+# every measurement of benchmarks/portable_bits.py, one per machine it ran on
+MEASURED = {path.name: json.loads(path.read_text())
+            for path in (ROOT / "benchmarks" / "results").glob("portable_bits*.json")}
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_seeded_run_gives_the_golden_bytes_on_this_cpu(model):
+    import jax
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the golden bytes are XLA:CPU's; a GPU repeats its own (tests/test_gpu.py)")
+    assert cpu_bits_in_force() == "portable", "the suite runs with train.py's default settings"
+    cpu = host_cpu()
+    assert seeded_run_sha256(model) == GOLDEN_RECORD["sha256"][model], (
+        f"{cpu['model']} ({cpu['vendor']}; {' '.join(cpu['instruction_sets'])}; {cpu['cores']} cores) gives other "
+        f"bytes for the seeded {model} run than every machine listed in {GOLDEN.name}: the bits are not portable here")
+
+
+def test_the_golden_hashes_were_checked_on_cpus_of_other_vendors_instruction_sets_and_core_counts():
+    machines = GOLDEN_RECORD["machines"]
+    for machine in machines:
+        assert set(machine["models"]) <= set(MODELS)
+    native = [machine for machine in machines if machine["how"] == "native" and set(machine["models"]) == set(MODELS)]
+    assert len({machine["cpu_vendor"] for machine in native}) >= 2
+    assert len({tuple(machine["instruction_sets"]) for machine in native}) >= 2
+    assert {1, 2} <= {machine["cores"] for machine in native}
+    assert any(machine["how"].startswith("qemu-x86_64 -cpu") for machine in machines)
+
+
+def test_the_portable_bits_measurements_are_of_these_settings_and_of_these_hashes():
+    """benchmarks/portable_bits.py measured XLA:CPU's own settings to give other bytes on other CPUs or core
+    counts (so the golden test can fail) and train.py's portable ones to agree, on the golden hashes."""
+    assert len({measured["provenance"]["machine"]["cpu"]["vendor"] for measured in MEASURED.values()}) >= 2
+    default_hashes = {model: set() for model in MODELS}
+    for name, measured in MEASURED.items():
+        portable = measured["configs"]["portable"]
+        assert portable["settings"]["XLA_FLAGS"].split() == list(PORTABLE_CPU_XLA_FLAGS), name
+        assert all(count == 1 for count in portable["distinct_hashes"].values()), name  # where it finished
+        for row in portable["environments"].values():
+            for model, digest in row.get("sha256", {}).items():
+                assert digest == GOLDEN_RECORD["sha256"][model], (name, model)
+        for row in measured["configs"]["default"]["environments"].values():
+            for model, digest in row.get("sha256", {}).items():
+                default_hashes[model].add(digest)
+    assert all(len(digests) > 1 for digests in default_hashes.values())
