@@ -20,6 +20,11 @@ micro-batch count measured in the same run. A choice is XLA_FLAGS given before v
     portable+dot_eigen    the same with dots in Eigen
     portable+eigen        both
     portable+onednn_dot   the same with every dot in oneDNN
+    portable+conv_eigen_1thread   convolutions in Eigen on one thread (Eigen's threads split sums by core count)
+    machine+conv_eigen    XLA:CPU's defaults with the convolutions in Eigen (threaded)
+
+With `--rounds N` every cell is timed in N processes, the cells' order reversed every other round (this
+shared machine's speed drifts), and a cell's time is the median over its rounds.
 
 Then the bits: for each choice, the params SHA-256 of the golden run (benchmarks/golden_bits.py: 2 seeded
 steps, then 32 test images) of each conv model and dense_ae with one core (`taskset -c 0`) and with every core;
@@ -32,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -50,6 +56,9 @@ CHOICES = {
     "portable+dot_eigen": ("portable", [YNN_TYPE + "-reduce,-individual_dot"]),
     "portable+eigen": ("portable", [YNN_TYPE + "-reduce,-individual_convolution,-individual_dot"]),
     "portable+onednn_dot": ("portable", ["--xla_cpu_use_onednn=true", "--xla_cpu_experimental_onednn_fusion_type=dot"]),
+    "portable+conv_eigen_1thread": ("portable", [YNN_TYPE + "-reduce,-individual_convolution",
+                                                 "--xla_cpu_multi_thread_eigen=false"]),
+    "machine+conv_eigen": ("machine", [YNN_TYPE + "-individual_convolution"]),
 }
 CONV_MODELS = ("conv_vae", "conv_cvae")
 WINDOW_STEPS = {"conv_vae": 10, "conv_cvae": 10, "mlp_vae": 200, "dense_ae": 200}  # about a second a window
@@ -81,12 +90,14 @@ def child(args: argparse.Namespace) -> None:
 
 
 def run_child(arguments: list[str], one_core: bool = False) -> dict:
+    """A child's JSON result, or {"error": its last output line} (XLA:CPU refuses some choices for some models)."""
     command = [*(["taskset", "-c", "0"] if one_core else []), sys.executable, str(Path(__file__).resolve()),
                *arguments]
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=900)
     lines = [line for line in result.stdout.splitlines() if line.startswith(RESULT)]
     if result.returncode != 0 or not lines:
-        raise SystemExit(f"cpu_kernels.py: {' '.join(arguments)} failed: {(result.stderr or result.stdout)[-1500:]}")
+        output = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
+        return {"error": output[-1][-300:]}
     return json.loads(lines[-1][len(RESULT):])
 
 
@@ -98,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="counts tried for the conv models (the dense ones: 1)")
     parser.add_argument("--conv_impls", nargs="+", default=["xla"], help="vaejax.models.CONV_IMPLS tried (conv models)")
     parser.add_argument("--repeats", type=int, default=5, help="timed windows per process")
+    parser.add_argument("--rounds", type=int, default=1, help="processes per cell, in alternating order")
     parser.add_argument("--steps", type=int, default=None, help="steps a window (default: about a second's)")
     parser.add_argument("--no-bits", dest="bits", action="store_false", help="skip the 1-core/all-cores hashes")
     parser.add_argument("--out", default=None, help="JSON (default: benchmarks/results/cpu_kernels.json)")
@@ -124,14 +136,29 @@ def main(argv: list[str] | None = None) -> None:
     cells = [(choice, model, parts, impl) for model in args.models
              for parts in (args.micro_batches if model in CONV_MODELS else [1])
              for impl in (args.conv_impls if model in CONV_MODELS else ["xla"]) for choice in args.choices]
+    rounds = {cell: [] for cell in cells}
+    for round_index in range(args.rounds):
+        for cell in cells if round_index % 2 == 0 else reversed(cells):
+            choice, model, parts, impl = cell
+            started = time.perf_counter()
+            row = run_child(child_arguments(choice, "time", [model], parts, impl, args))
+            rounds[cell].append(row | {"wall_s": round(time.perf_counter() - started, 1)})
+            print(f"{choice:22s} {model:9s} x{parts} {impl:15s} " + (
+                f"failed: {row['error']}" if "error" in row else
+                f"{row['ms_per_step']:8.2f} ms/step (windows {[round(t, 1) for t in row['repeats_ms_per_step']]})"),
+                flush=True)
     timings = []
-    for choice, model, parts, impl in cells:
-        started = time.perf_counter()
-        row = run_child(child_arguments(choice, "time", [model], parts, impl, args))
-        timings.append({"choice": choice, "model": model, "micro_batches": parts, "conv_impl": impl, **row,
-                        "wall_s": round(time.perf_counter() - started, 1)})
-        print(f"{choice:22s} {model:9s} x{parts} {impl:15s} {row['ms_per_step']:8.2f} ms/step "
-              f"(windows {[round(t, 1) for t in row['repeats_ms_per_step']]})", flush=True)
+    for (choice, model, parts, impl), rows in rounds.items():
+        cell = {"choice": choice, "model": model, "micro_batches": parts, "conv_impl": impl}
+        if any("error" in row for row in rows):
+            timings.append(cell | {"error": next(row["error"] for row in rows if "error" in row)})
+            continue
+        timings.append(cell | {"ms_per_step": statistics.median(row["ms_per_step"] for row in rows),
+                               "rounds_ms_per_step": [row["ms_per_step"] for row in rows],
+                               "loop": rows[0]["loop"], "xla_flags": rows[0]["xla_flags"],
+                               "compile_s": statistics.median(row["compile_s"] for row in rows)})
+    failed = [row for row in timings if "error" in row]
+    timings = [row for row in timings if "error" not in row]
     for row in timings:
         peer = [other for other in timings if other["choice"] == "machine" and other["model"] == row["model"]
                 and other["micro_batches"] == row["micro_batches"] and other["conv_impl"] == "xla"]
@@ -140,8 +167,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.bits:
         hashed = [model for model in (*CONV_MODELS, "dense_ae") if model in args.models] or args.models
         for choice in args.choices:
-            one, every = (run_child(child_arguments(choice, "hash", hashed), one_core)["sha256"]
+            one, every = (run_child(child_arguments(choice, "hash", hashed), one_core).get("sha256")
                           for one_core in (True, False))
+            if one is None or every is None:
+                bits[choice] = {"error": "a hashed run failed"}
+                continue
             bits[choice] = {"one_core": one, "every_core": every,
                             "same_at_1_and_all_cores": {model: one[model] == every[model] for model in hashed}}
             print(f"{choice:22s} bits at 1 and {len(os.sched_getaffinity(0))} cores agree: "
@@ -150,8 +180,9 @@ def main(argv: list[str] | None = None) -> None:
     for model in args.models:
         rows = [row for row in timings if row["model"] == model]
         fastest[model] = min(rows, key=lambda row: row["ms_per_step"]) | {}
-        portable = [row for row in rows if row["choice"] != "machine"
-                    and all(bits.get(row["choice"], {}).get("same_at_1_and_all_cores", {}).values() or [True])]
+        # portable: the bits were hashed and agree at 1 and all cores (unknown without them)
+        portable = [row for row in rows if CHOICES[row["choice"]][0] == "portable" and args.bits
+                    and all(bits[row["choice"]].get("same_at_1_and_all_cores", {"failed": False}).values())]
         best = min(portable, key=lambda row: row["ms_per_step"]) if portable else None
         fastest[model] = {"fastest": {key: fastest[model][key] for key in ("choice", "micro_batches", "conv_impl",
                                                                            "ms_per_step")},
@@ -161,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
                "cores": len(os.sched_getaffinity(0)), "choices": {name: {"cpu_bits": bits_mode, "xla_flags": flags}
                                                                   for name, (bits_mode, flags) in CHOICES.items()
                                                                   if name in args.choices},
-               "timings": timings, "bits": bits, "best": fastest, "provenance": provenance(__file__, argv)}
+               "timings": timings, "failed": failed, "bits": bits, "best": fastest,
+               "provenance": provenance(__file__, argv)}
     out = smoke.out_path(args, ROOT / "benchmarks/results/cpu_kernels.json", "cpu_kernels.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--reset", action="store_true", help="write this machine's hashes as the golden ones")
     mode.add_argument("--from_results", default=None, help="a portable_bits.py JSON whose machines to list")
     parser.add_argument("--golden", default=str(GOLDEN), help="the JSON (default: benchmarks/results/golden_bits.json)")
+    parser.add_argument("--out", default=None, help="also write this check's result as JSON here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     smoke.add_flag(parser)
     return parser
@@ -117,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = smoke.parse_args(parser, argv, {"models": ["dense_ae"]}, outputs=())
+    args = smoke.parse_args(parser, argv, {"models": ["dense_ae"]}, outputs=("out",))
     if args.child:
         child(args.models)
         return 0
@@ -145,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     for model, digest in found.items():
         verdict = f"DIFFERS from {golden['sha256'].get(model, '?')[:16]}" if model in differ else "golden"
         print(f"{model:9s} {digest[:16]}  {verdict}")
+    out = smoke.out_path(args, None, "golden_bits.json")
+    if out is not None:
+        out.write_text(json.dumps({"sha256": found, "golden": not differ, "machine": here,
+                                   "provenance": provenance(__file__, argv)}, indent=2) + "\n")
     if differ:
         print(f"golden_bits.py: this machine ({here['cpu_model']}, {' '.join(here['instruction_sets'])}, "
               f"{here['cores']} cores) gives other bytes", file=sys.stderr)

@@ -61,6 +61,7 @@ EXTRA_PARTS = {
     "ynn_no_dot_conv": {"flags": ["--xla_cpu_experimental_ynn_fusion_type=-reduce,-individual_convolution,"
                                   "-individual_dot"], "env": {}},
     "eigen_one_thread": {"flags": ["--xla_cpu_multi_thread_eigen=false"], "env": {}},
+    "ynn_no_conv": {"flags": ["--xla_cpu_experimental_ynn_fusion_type=-reduce,-individual_convolution"], "env": {}},
 }
 ENVIRONMENTS = ("native-1", "native-2", "native-16", "Haswell-1", "SandyBridge-1", "EPYC-1")
 QEMU = "qemu-x86_64"

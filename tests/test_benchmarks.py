@@ -19,9 +19,11 @@ CHROMIUM = Path("/usr/bin/chromium")
 SMOKES = {
     ("augmentation.py",): {"setting", "results"},
     ("beta_table.py",): {"setting", "rows"},
+    ("cpu_kernels.py",): {"cores", "choices", "timings", "bits", "best"},
     ("determinism.py",): {"model", "epochs", "limit", "modes", "backend", "deterministic_cost", "modes_agree"},
     ("explore_latency.py",): {"what", "workdir", "model", "latent_dim", "pointer_moves", "pointer_events_measured",
                               "median_ms", "p95_ms", "target_ms", "chromium"},
+    ("golden_bits.py",): {"sha256", "golden", "machine"},
     ("iwae_table.py",): {"backend", "device", "args", "rows"},
     ("iwae_table.py", "--cost"): {"backend", "device", "args", "rows"},
     ("layer_profile.py",): {"jax", "torch", "peer", "cores", "batch", "parts", "layers", "step_sum_xla_ms",
@@ -38,6 +40,7 @@ NOT_SMOKED = {  # the files of benchmarks/ that are not benchmark scripts, or ar
     "provenance.py": "the record every script stores",
     "smoke.py": "the --smoke rule every script follows",
     "parse_only.py": "gpu_session.sh's dry run, tested below",
+    "step_timing.py": "the step timer train_speed.py and cpu_kernels.py share",
     "mutants.py": "runs the test suite per mutant (minutes); tests/test_mutants.py checks its set",
 }
 PROVENANCE = {"command", "date", "commit", "machine", "versions", "xla_flags"}

@@ -89,13 +89,15 @@ def test_deterministic_and_portable_kernels_are_asked_for_by_default_and_can_be_
     monkeypatch.delenv("TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL", raising=False)
     monkeypatch.setattr(devices, "_added_flags", set())
     monkeypatch.setattr(devices, "_added_variables", set())
+    monkeypatch.setattr(devices, "_flags_set_late", False)  # this process's backend started long ago
     devices.use_deterministic_kernels()
     devices.use_deterministic_kernels()  # once only
     assert os.environ["XLA_FLAGS"] == ("--xla_force_host_platform_device_count=1 --xla_gpu_deterministic_ops=true "
                                        + portable)
     assert os.environ["TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL"] == "false"
     devices.use_deterministic_kernels(False, "machine")
-    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=1"
+    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=1 " + " ".join(
+        devices.MACHINE_CPU_XLA_FLAGS)
     assert "TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL" not in os.environ
     # what the user set stays theirs, and the run then says it is not portable
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_max_isa=AVX2")
@@ -130,6 +132,8 @@ def test_the_run_records_what_its_bits_depend_on(tmp_path):
 def test_machine_local_cpu_bits_are_recorded_and_warned_of_once(tmp_path):
     import subprocess
 
+    from vaejax.devices import MACHINE_CPU_XLA_FLAGS
+
     own = {name: value for name, value in os.environ.items() if name != "TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL"}
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--model", "dense_ae", "--epochs", "1", "--limit",
                              "64", "--no-tensorboard", "--cpu_bits", "machine", "--workdir", str(tmp_path / "run")],
@@ -137,8 +141,9 @@ def test_machine_local_cpu_bits_are_recorded_and_warned_of_once(tmp_path):
     assert result.returncode == 0, result.stderr
     environment = json.loads((tmp_path / "run" / "config.json").read_text())["environment"]
     assert environment["cpu_bits"] == "machine" and "--xla_cpu_max_isa=AVX" not in environment["xla_flags"]
+    assert environment["xla_flags"].split() == ["--xla_gpu_deterministic_ops=true", *MACHINE_CPU_XLA_FLAGS]
     assert environment["TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL"] is None
-    assert (result.stdout + result.stderr).count("--cpu_bits machine: this CPU's fastest kernels") == 1
+    assert (result.stdout + result.stderr).count("this run's bits are this CPU's") == 1
 
 
 def test_the_python_floor_is_the_pinned_jax_s():

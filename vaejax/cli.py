@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="XLA:CPU: portable (default): the same seed gives the same bytes on every x86-64 CPU at any core count "
              f"(XLA_FLAGS gets {' '.join(devices.PORTABLE_CPU_XLA_FLAGS)} and "
              f"{' '.join(f'{name}={value}' for name, value in devices.PORTABLE_CPU_ENVIRONMENT.items())}); "
-             "machine: this CPU's fastest kernels, whose bytes repeat only on the same CPU model and core count")
+             f"machine: the fastest measured ({' '.join(devices.MACHINE_CPU_XLA_FLAGS)}: convolutions in Eigen, "
+             "threaded), whose bytes repeat only on the same CPU model and core count")
     add("--deterministic", dest="deterministic", action="store_true",
         help="changes nothing: deterministic GPU kernels are the default (accepted for older scripts)")
     distributed = parser.add_argument_group(

@@ -41,6 +41,9 @@ PORTABLE_CPU_XLA_FLAGS = (
     "--xla_cpu_experimental_ynn_fusion_type=-reduce",  # reductions in XLA's code, not YNNPACK's per-CPU kernels
 )
 PORTABLE_CPU_ENVIRONMENT = {"TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL": "false"}  # Eigen's own contraction
+# `--cpu_bits machine`, the fastest measured (benchmarks/results/cpu_kernels-rounds.json: conv_vae's step 0.8x
+# XLA's defaults): convolutions in Eigen, threaded, whose sums are split by the core count, so not portable.
+MACHINE_CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
 
 
 # `--loop auto`: the epoch scan on accelerators (one dispatch per epoch; measured 2.6x faster for
@@ -91,9 +94,9 @@ def flag_name(flag: str) -> str:
 def use_deterministic_kernels(enabled: bool = True, cpu_bits: str = "portable") -> None:
     """Set XLA_FLAGS (and the environment) for reproducible bits before JAX's backend starts: with
     `enabled` XLA:GPU's deterministic kernels (off: XLA's fastest, which may not repeat); with
-    `cpu_bits="portable"` the XLA:CPU settings that give the same bytes on every CPU ("machine": this
-    CPU's fastest kernels, whose bytes only this kind of CPU at this core count repeats). A setting the
-    user made themselves (in XLA_FLAGS, for the same option, or in the environment) is kept either way.
+    `cpu_bits="portable"` the XLA:CPU settings that give the same bytes on every CPU ("machine": the
+    fastest measured, convolutions in Eigen, whose bytes only this kind of CPU at this core count repeats).
+    A setting the user made themselves (in XLA_FLAGS, for the same option, or in the environment) is kept.
     Takes effect only if no JAX backend has started yet in this process."""
     global _flags_set_late
     if cpu_bits not in CPU_BITS:
@@ -102,7 +105,8 @@ def use_deterministic_kernels(enabled: bool = True, cpu_bits: str = "portable") 
     flags = [flag for flag in before.split() if flag not in _added_flags]
     _added_flags.clear()
     users = {flag_name(flag) for flag in flags}
-    wanted = [DETERMINISTIC_XLA_FLAG] * enabled + list(PORTABLE_CPU_XLA_FLAGS) * (cpu_bits == "portable")
+    wanted = [DETERMINISTIC_XLA_FLAG] * enabled + list(
+        PORTABLE_CPU_XLA_FLAGS if cpu_bits == "portable" else MACHINE_CPU_XLA_FLAGS)
     for flag in wanted:
         if flag_name(flag) not in users:
             flags.append(flag)
@@ -268,8 +272,8 @@ class DevicePlan:
             lines.append(f"each batch's gradient summed over {self.micro_batches} micro-batches differentiated "
                          "side by side")
         if self.backend == "cpu" and self.cpu_bits == "machine":
-            lines.append("warning: --cpu_bits machine: this CPU's fastest kernels; another CPU model or core count "
-                         "gives other bits for the same seed")
+            lines.append("warning: this run's bits are this CPU's (--cpu_bits machine, or XLA_FLAGS overriding a "
+                         "portable setting): another CPU model or core count gives other bits for the same seed")
         if not self.deterministic_kernels:
             lines.append(f"warning: nondeterministic GPU kernels: results will not repeat bitwise "
                          f"(XLA_FLAGS lacks {DETERMINISTIC_XLA_FLAG})")

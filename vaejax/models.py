@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from vaejax.conv_layers import Conv4x4
 from vaejax.data import IMAGE_PIXELS, IMAGE_SIDE, NUM_CLASSES
 
 # TF1's tf.layers and Keras both initialise kernels glorot-uniform with zero biases; matching them
@@ -29,12 +30,23 @@ def dense(features: int, name: str | None = None) -> nn.Dense:
     return nn.Dense(features, kernel_init=kernel_init, name=name)
 
 
-def conv(features: int, stride: int) -> nn.Conv:
-    return nn.Conv(features, (4, 4), strides=(stride, stride), padding="SAME", kernel_init=kernel_init)
+# How the conv models' 4x4 convs are computed (vaejax.conv_layers), one function from the same params:
+# "xla" as flax computes them, "space_to_depth" rewrites the stride-2 convs, "patches" the stride-1
+# convs' kernel gradients, "both" does both.
+CONV_IMPLS = ("xla", "space_to_depth", "patches", "both")
 
 
-def conv_transpose(features: int) -> nn.ConvTranspose:
-    return nn.ConvTranspose(features, (4, 4), strides=(1, 1), padding="SAME", kernel_init=kernel_init)
+def conv(features: int, stride: int, conv_impl: str = "xla", name: str | None = None) -> nn.Module:
+    patches = conv_impl in ("patches", "both")
+    if (stride == 2 and conv_impl in ("space_to_depth", "both")) or (stride == 1 and patches):
+        return Conv4x4(features, stride, patches=patches, kernel_init=kernel_init, name=name)
+    return nn.Conv(features, (4, 4), strides=(stride, stride), padding="SAME", kernel_init=kernel_init, name=name)
+
+
+def conv_transpose(features: int, conv_impl: str = "xla", name: str | None = None) -> nn.Module:
+    if conv_impl in ("patches", "both"):
+        return Conv4x4(features, transposed=True, patches=True, kernel_init=kernel_init, name=name)
+    return nn.ConvTranspose(features, (4, 4), strides=(1, 1), padding="SAME", kernel_init=kernel_init, name=name)
 
 
 def images_to_float(images_uint8: jax.Array) -> jax.Array:
@@ -56,13 +68,14 @@ class ConvEncoder(nn.Module):
     """Seed 000: three 4x4 convs (strides 2, 2, 1), then a dense mean and a softplus std."""
 
     latent_dim: int
+    conv_impl: str = "xla"
     variational: ClassVar[bool] = True
 
     @nn.compact
     def __call__(self, images: jax.Array, condition: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         x = images
-        for stride in (2, 2, 1):
-            x = nn.relu(conv(64, stride)(x))
+        for index, stride in enumerate((2, 2, 1)):  # named as flax names nn.Conv, whatever the class
+            x = nn.relu(conv(64, stride, self.conv_impl, name=f"Conv_{index}")(x))
         x = join_condition(x.reshape((x.shape[0], -1)), condition)
         mean = dense(self.latent_dim, name="mean")(x)
         std = nn.softplus(dense(self.latent_dim, name="std")(x))  # softplus keeps std > 0
@@ -73,6 +86,7 @@ class ConvDecoder(nn.Module):
     """Seed 000: two dense layers, reshape to a square, three 4x4 transposed convs, two dense."""
 
     inputs_decoder: int
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, z: jax.Array, condition: jax.Array | None = None) -> jax.Array:
@@ -81,8 +95,8 @@ class ConvDecoder(nn.Module):
         for _ in range(2):
             x = nn.relu(dense(self.inputs_decoder)(x))
         x = x.reshape((x.shape[0], side, side, 1))
-        for _ in range(3):
-            x = nn.relu(conv_transpose(64)(x))
+        for index in range(3):
+            x = nn.relu(conv_transpose(64, self.conv_impl, name=f"ConvTranspose_{index}")(x))
         x = x.reshape((x.shape[0], -1))
         x = dense(IMAGE_PIXELS)(x)  # the seed stacks two linear layers here; kept for fidelity
         return dense(IMAGE_PIXELS)(x)
@@ -182,13 +196,17 @@ class AutoEncoder(nn.Module):
         return self.decoder(z, self.condition(labels))
 
 
-def build_model(name: str, latent_dim: int, inputs_decoder: int = 49) -> AutoEncoder:
+def build_model(name: str, latent_dim: int, inputs_decoder: int = 49, conv_impl: str = "xla") -> AutoEncoder:
     """`conv_vae` (seed 000), `conv_cvae` (seed 000 conditioned on the class), `dense_ae` (seed 003)
-    or `mlp_vae` (the IWAE paper's one-stochastic-layer model)."""
+    or `mlp_vae` (the IWAE paper's one-stochastic-layer model). `conv_impl` (one of CONV_IMPLS) says
+    how the conv models' convs are computed; the dense models have none."""
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"unknown conv_impl {conv_impl!r}; one of {CONV_IMPLS}")
     if name == "conv_vae":
-        return AutoEncoder(ConvEncoder(latent_dim), ConvDecoder(inputs_decoder))
+        return AutoEncoder(ConvEncoder(latent_dim, conv_impl), ConvDecoder(inputs_decoder, conv_impl))
     if name == "conv_cvae":
-        return AutoEncoder(ConvEncoder(latent_dim), ConvDecoder(inputs_decoder), num_classes=NUM_CLASSES)
+        return AutoEncoder(ConvEncoder(latent_dim, conv_impl), ConvDecoder(inputs_decoder, conv_impl),
+                           num_classes=NUM_CLASSES)
     if name == "dense_ae":
         return AutoEncoder(DenseEncoder(latent_dim), DenseDecoder())
     if name == "mlp_vae":
