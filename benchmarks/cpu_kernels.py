@@ -12,7 +12,8 @@ backend starts): milliseconds per training step of the real Trainer at the model
 (benchmarks/step_timing.py: median over `--repeats` windows, compile excluded), and the ratio to the
 `machine` choice (the XLA:CPU defaults, vaejax's default before portable bits) of the same model and
 micro-batch count measured in the same run. A choice is XLA_FLAGS given before vaejax adds its own
-(`use_deterministic_kernels` keeps a flag the user set), with `--cpu_bits` portable or machine:
+(`use_deterministic_kernels` keeps a flag the user set), with `cpu_bits` portable, machine, or None
+(XLA:CPU's own settings):
 
     machine          XLA:CPU's defaults: YNNPACK convolutions, dots and reductions, per-CPU kernels
     portable         vaejax's default (vaejax.devices.PORTABLE_CPU_XLA_FLAGS): reductions out of YNNPACK, ...
@@ -21,7 +22,7 @@ micro-batch count measured in the same run. A choice is XLA_FLAGS given before v
     portable+eigen        both
     portable+onednn_dot   the same with every dot in oneDNN
     portable+conv_eigen_1thread   convolutions in Eigen on one thread (Eigen's threads split sums by core count)
-    machine+conv_eigen    XLA:CPU's defaults with the convolutions in Eigen (threaded)
+    machine+conv_eigen    `--cpu_bits machine`: XLA:CPU's defaults with the convolutions in Eigen (threaded)
 
 With `--rounds N` every cell is timed in N processes, the cells' order reversed every other round (this
 shared machine's speed drifts), and a cell's time is the median over its rounds.
@@ -50,7 +51,7 @@ from benchmarks.provenance import provenance  # noqa: E402
 
 YNN_TYPE = "--xla_cpu_experimental_ynn_fusion_type="
 CHOICES = {
-    "machine": ("machine", []),
+    "machine": (None, []),
     "portable": ("portable", []),
     "portable+conv_eigen": ("portable", [YNN_TYPE + "-reduce,-individual_convolution"]),
     "portable+dot_eigen": ("portable", [YNN_TYPE + "-reduce,-individual_dot"]),
@@ -58,7 +59,7 @@ CHOICES = {
     "portable+onednn_dot": ("portable", ["--xla_cpu_use_onednn=true", "--xla_cpu_experimental_onednn_fusion_type=dot"]),
     "portable+conv_eigen_1thread": ("portable", [YNN_TYPE + "-reduce,-individual_convolution",
                                                  "--xla_cpu_multi_thread_eigen=false"]),
-    "machine+conv_eigen": ("machine", [YNN_TYPE + "-individual_convolution"]),
+    "machine+conv_eigen": ("machine", []),  # train.py --cpu_bits machine (vaejax.devices.MACHINE_CPU_XLA_FLAGS)
 }
 CONV_MODELS = ("conv_vae", "conv_cvae")
 WINDOW_STEPS = {"conv_vae": 10, "conv_cvae": 10, "mlp_vae": 200, "dense_ae": 200}  # about a second a window

@@ -10,7 +10,7 @@ Each (configuration, environment) runs in a fresh process: the same seeded short
 (vaejax's `train`, one epoch of `--images` 16 images at `--batch_size` 8, seed 3, then `--test_images` 32
 evaluated: tiny, because under qemu JAX runs some hundred times slower), recording the SHA-256 of each run's
 params.msgpack. A configuration is XLA_FLAGS (after the flag train.py adds) and environment variables;
-`default` is XLA:CPU's own (train.py's `--cpu_bits machine`), `portable` the candidate (train.py's default),
+`default` is XLA:CPU's own settings, `portable` the candidate (train.py's default),
 and `--ablate` adds the candidate minus each of its parts, to find the smallest set (natively only).
 An environment is native or
 `qemu-x86_64 -cpu MODEL` (Debian's qemu-user, which emulates AVX, AVX2 and FMA but not AVX-512), at a core
@@ -61,7 +61,6 @@ EXTRA_PARTS = {
     "ynn_no_dot_conv": {"flags": ["--xla_cpu_experimental_ynn_fusion_type=-reduce,-individual_convolution,"
                                   "-individual_dot"], "env": {}},
     "eigen_one_thread": {"flags": ["--xla_cpu_multi_thread_eigen=false"], "env": {}},
-    "ynn_no_conv": {"flags": ["--xla_cpu_experimental_ynn_fusion_type=-reduce,-individual_convolution"], "env": {}},
 }
 ENVIRONMENTS = ("native-1", "native-2", "native-16", "Haswell-1", "SandyBridge-1", "EPYC-1")
 QEMU = "qemu-x86_64"
@@ -192,7 +191,7 @@ def child(args: argparse.Namespace) -> None:
     from vaejax.devices import use_deterministic_kernels
 
     # the GPU flag as train.py adds it; the CPU settings are this configuration's alone, from its environment
-    use_deterministic_kernels(True, cpu_bits="machine")
+    use_deterministic_kernels(True, cpu_bits=None)
     import jax
 
     found = {"cores_seen": len(os.sched_getaffinity(0)), "xla_flags": os.environ.get("XLA_FLAGS", ""),

@@ -91,22 +91,23 @@ def flag_name(flag: str) -> str:
     return flag.partition("=")[0]
 
 
-def use_deterministic_kernels(enabled: bool = True, cpu_bits: str = "portable") -> None:
+def use_deterministic_kernels(enabled: bool = True, cpu_bits: str | None = "portable") -> None:
     """Set XLA_FLAGS (and the environment) for reproducible bits before JAX's backend starts: with
     `enabled` XLA:GPU's deterministic kernels (off: XLA's fastest, which may not repeat); with
     `cpu_bits="portable"` the XLA:CPU settings that give the same bytes on every CPU ("machine": the
-    fastest measured, convolutions in Eigen, whose bytes only this kind of CPU at this core count repeats).
-    A setting the user made themselves (in XLA_FLAGS, for the same option, or in the environment) is kept.
-    Takes effect only if no JAX backend has started yet in this process."""
+    fastest measured, convolutions in Eigen, whose bytes only this kind of CPU at this core count repeats;
+    None: XLA:CPU's own settings, the benchmarks' baseline). A setting the user made themselves (in
+    XLA_FLAGS, for the same option, or in the environment) is kept. Takes effect only if no JAX backend
+    has started yet in this process."""
     global _flags_set_late
-    if cpu_bits not in CPU_BITS:
-        raise ValueError(f"cpu_bits must be one of {CPU_BITS}, got {cpu_bits!r}")
+    if cpu_bits is not None and cpu_bits not in CPU_BITS:
+        raise ValueError(f"cpu_bits must be one of {CPU_BITS} or None, got {cpu_bits!r}")
     before, variables_before = os.environ.get("XLA_FLAGS", ""), set(_added_variables)
     flags = [flag for flag in before.split() if flag not in _added_flags]
     _added_flags.clear()
     users = {flag_name(flag) for flag in flags}
-    wanted = [DETERMINISTIC_XLA_FLAG] * enabled + list(
-        PORTABLE_CPU_XLA_FLAGS if cpu_bits == "portable" else MACHINE_CPU_XLA_FLAGS)
+    cpu_flags = {"portable": PORTABLE_CPU_XLA_FLAGS, "machine": MACHINE_CPU_XLA_FLAGS, None: ()}[cpu_bits]
+    wanted = [DETERMINISTIC_XLA_FLAG] * enabled + list(cpu_flags)
     for flag in wanted:
         if flag_name(flag) not in users:
             flags.append(flag)
@@ -116,7 +117,7 @@ def use_deterministic_kernels(enabled: bool = True, cpu_bits: str = "portable") 
         if cpu_bits == "portable" and name not in os.environ:
             os.environ[name] = value
             _added_variables.add(name)
-        elif cpu_bits == "machine" and name in _added_variables:
+        elif cpu_bits != "portable" and name in _added_variables:
             del os.environ[name]
             _added_variables.discard(name)
     changed = os.environ["XLA_FLAGS"] != before or _added_variables != variables_before
