@@ -165,7 +165,7 @@ MUTANTS = [
     Mutant("the deterministic-kernel flag says false", DEVICES,
            'DETERMINISTIC_XLA_FLAG = "--xla_gpu_deterministic_ops=true"',
            'DETERMINISTIC_XLA_FLAG = "--xla_gpu_deterministic_ops=false"',
-           ("tests/test_cli.py::test_deterministic_kernels_are_asked_for_by_default_and_can_be_declined",)),
+           ("tests/test_cli.py::test_deterministic_and_portable_kernels_are_asked_for_by_default_and_can_be_declined",)),
 ]
 
 

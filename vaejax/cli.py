@@ -149,14 +149,19 @@ def options_from_flags(flags: argparse.Namespace) -> tuple[Config, Launch]:
 
 def start(options: tuple[Config, Launch]) -> int:
     config, launch = options
-    devices.use_deterministic_kernels(config.deterministic, config.cpu_bits)
     if launch.distributed:
         devices.initialize_distributed(launch.coordinator_address, launch.num_processes, launch.process_id)
     return run(config)
 
 
+def kernel_settings(options: tuple[Config, Launch]) -> dict:
+    """--nondeterministic and --cpu_bits, for vaejax.devices.use_deterministic_kernels (set by Command.main)."""
+    config, _ = options
+    return {"enabled": config.deterministic, "cpu_bits": config.cpu_bits}
+
+
 COMMAND = Command("train.py", build_parser, options_from_flags, start,
-                  interrupted="aborted; the last checkpoint is untouched")
+                  interrupted="aborted; the last checkpoint is untouched", kernel_settings=kernel_settings)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,8 @@ class Command:
     run: Callable[[Any], int]
     interrupted: str = "interrupted"  # said on Ctrl-C
     interrupted_exit_code: int = 130  # the shell's code for death by SIGINT
+    # the options' arguments of vaejax.devices.use_deterministic_kernels (none: its defaults)
+    kernel_settings: Callable[[Any], dict] = lambda options: {}
 
     def main(self, argv: list[str] | None = None) -> int:
         try:
@@ -42,7 +44,11 @@ class Command:
         except SystemExit as exit:  # a bad flag (one line already printed), or --help
             return exit.code if isinstance(exit.code, int) else 0
         try:
-            return self.run(self.options(flags))
+            options = self.options(flags)
+            from vaejax import devices  # JAX, only for valid flags; its backend reads these settings when it starts
+
+            devices.use_deterministic_kernels(**self.kernel_settings(options))
+            return self.run(options)
         except VaejaxError as error:
             kind = "error: " if error.exit_code == 2 else ""  # an interrupt after a checkpoint is no error
             print(f"{self.prog}: {kind}{one_line(error)}", file=sys.stderr)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vaejax import devices, validation
+from vaejax import validation
 from vaejax.batching import map_batches
 from vaejax.command import Command, OneLineParser
 from vaejax.config import MAX_TRAIN_IMAGES
@@ -297,7 +297,6 @@ def options_from_flags(flags: argparse.Namespace) -> EvaluateOptions:
 
 
 def run(options: EvaluateOptions) -> int:
-    devices.use_deterministic_kernels()  # before the backend starts: the same bits as train.py's default
     results = evaluate_run(options)
     print(format_table(results))
     print(f"wrote {options.workdir / EVALUATION_FILE}")

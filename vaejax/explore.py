@@ -50,7 +50,7 @@ from urllib.parse import parse_qs
 import jax
 import numpy as np
 
-from vaejax import devices, validation
+from vaejax import validation
 from vaejax.command import Command, OneLineParser
 from vaejax.config import Config
 from vaejax.data import IMAGE_PIXELS, IMAGE_SIDE, NUM_CLASSES
@@ -722,7 +722,6 @@ def options_from_flags(flags: argparse.Namespace) -> ExploreOptions:
 
 
 def run(options: ExploreOptions) -> int:
-    devices.use_deterministic_kernels()  # before the backend starts: the same bits as train.py's default
     serve(options)
     return 0
 

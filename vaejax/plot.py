@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vaejax import devices, validation
+from vaejax import validation
 from vaejax.command import Command, OneLineParser
 
 
@@ -38,7 +38,6 @@ def options_from_flags(flags: argparse.Namespace) -> Path:
 
 
 def run(workdir: Path) -> int:
-    devices.use_deterministic_kernels()  # before the backend starts: the same bits as train.py's default
     print(f"redrew the figures in {redraw(workdir)}")
     return 0
 
