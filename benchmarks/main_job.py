@@ -4,7 +4,8 @@ with figures and TensorBoard off, measured in the same session.
     python benchmarks/main_job.py [--epochs 3] [--limit 6144] [--repeats 1] [--out FILE] [-- TRAIN FLAGS]
     python benchmarks/main_job.py --smoke     # seconds: dense_ae, one epoch on 64 images
 
-Each run is `train.py` in its own process with JAX_LOG_COMPILES=1. Printed per variant: wall
+Each run is `train.py` in its own process with JAX_LOG_COMPILES=1 and no persistent XLA cache (every
+run compiles what a first run compiles). Printed per variant: wall
 seconds, the split train.py reports (setup, training, evaluation, end-of-epoch work in the training
 thread, waiting for background work at the end; then the background tasks: checkpoint, figures,
 TensorBoard, which overlap training), and the number of XLA compilations. Then the two ratios the
@@ -41,7 +42,7 @@ def run_once(flags: list[str]) -> dict:
         command = [sys.executable, str(ROOT / "train.py"), *flags, "--workdir", str(Path(folder) / "run")]
         started = time.perf_counter()
         result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
-                                env={**os.environ, "JAX_LOG_COMPILES": "1"})
+                                env={**os.environ, "JAX_LOG_COMPILES": "1", "JAX_ENABLE_COMPILATION_CACHE": "false"})
         wall = time.perf_counter() - started
     if result.returncode != 0:
         sys.exit(f"main_job.py: {' '.join(command[1:])} failed: {(result.stderr.strip() or 'no output')[-2000:]}")

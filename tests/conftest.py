@@ -1,5 +1,7 @@
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -7,6 +9,17 @@ import pytest
 # One test suite for every backend: subprocess tests share one GPU (no process takes most of its
 # memory up front), and in-process runs use deterministic kernels as train.py does by default.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# One persistent XLA cache for the session, this process and every train.py or benchmark it starts: they
+# compile the same few programs dozens of times, most of a short run's time on a 2-core CPU. XLA's
+# flags are part of the cache key, so runs with other settings compile their own; the cache is new
+# each session, so no program outlives the code that made it.
+SESSION_XLA_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    SESSION_XLA_CACHE = tempfile.mkdtemp(prefix="vaejax-tests-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = SESSION_XLA_CACHE
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# What a test that counts compilations runs with: every program compiled, none read from the cache.
+NO_XLA_CACHE = {"JAX_ENABLE_COMPILATION_CACHE": "false"}
 from vaejax.devices import use_deterministic_kernels  # noqa: E402
 
 use_deterministic_kernels()
@@ -38,6 +51,11 @@ def run_cli(*args, cwd=None, env=None):
         [sys.executable, str(ROOT / "train.py"), *args],
         cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600,
     )
+
+
+def pytest_unconfigure(config):
+    if SESSION_XLA_CACHE is not None:
+        shutil.rmtree(SESSION_XLA_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

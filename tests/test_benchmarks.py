@@ -46,14 +46,6 @@ NOT_SMOKED = {  # the files of benchmarks/ that are not benchmark scripts, or ar
 PROVENANCE = {"command", "date", "commit", "machine", "versions", "xla_flags"}
 
 
-@pytest.fixture(scope="module")
-def compilation_cache(tmp_path_factory) -> dict[str, str]:
-    """One persistent XLA cache for every smoke run of the session: their processes compile many of the
-    same small programs (parameter initializers, the same train step), which then compile once."""
-    return {"JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("xla-cache")),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-
-
 def measured_files() -> dict[Path, tuple[int, int]]:
     """Every file under benchmarks/results/ and figures/, with its size and modification time."""
     return {path: (path.stat().st_size, path.stat().st_mtime_ns)
@@ -61,7 +53,7 @@ def measured_files() -> dict[Path, tuple[int, int]]:
 
 
 @pytest.mark.parametrize("command", list(SMOKES), ids=" ".join)
-def test_smoke_run_writes_its_results_with_provenance(command, tmp_path, compilation_cache):
+def test_smoke_run_writes_its_results_with_provenance(command, tmp_path):
     if command[0] == "explore_latency.py":
         if not CHROMIUM.exists():
             pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)")
@@ -69,7 +61,7 @@ def test_smoke_run_writes_its_results_with_provenance(command, tmp_path, compila
     out = tmp_path / "results.json"
     before = measured_files()
     result = subprocess.run([sys.executable, str(BENCHMARKS / command[0]), *command[1:], "--smoke", "--out", str(out)],
-                            cwd=tmp_path, env=os.environ | compilation_cache, capture_output=True, text=True,
+                            cwd=tmp_path, env=os.environ, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     record = json.loads(out.read_text())

@@ -109,6 +109,29 @@ def test_deterministic_and_portable_kernels_are_asked_for_by_default_and_can_be_
     assert not build_parser().parse_args(["--nondeterministic"]).deterministic
 
 
+@pytest.mark.parametrize("module, argv, settings", [
+    ("cli", [], {"enabled": True, "cpu_bits": "portable"}),
+    ("cli", ["--nondeterministic", "--cpu_bits", "machine"], {"enabled": False, "cpu_bits": "machine"}),
+    ("evaluate", ["--workdir", "{run}"], {}),
+    ("generate", ["--workdir", "{run}"], {}),
+    ("plot", ["--workdir", "{run}"], {}),
+    ("explore", ["--workdir", "{run}"], {}),
+])
+def test_every_command_puts_its_kernel_settings_in_place_before_its_work(monkeypatch, tmp_path, module, argv, settings):
+    """The settings decide the bits, and JAX's backend reads them once: each command sets them from its
+    options before its work starts (train.py from --nondeterministic and --cpu_bits; the others, the defaults)."""
+    import importlib
+
+    from vaejax import devices
+
+    events = []
+    monkeypatch.setattr(devices, "use_deterministic_kernels", lambda **given: events.append(("settings", given)))
+    command = importlib.import_module(f"vaejax.{module}").COMMAND
+    recording = dataclasses.replace(command, run=lambda options: events.append(("work", None)) or 0)
+    assert recording.main([arg.format(run=tmp_path) for arg in argv]) == 0
+    assert events == [("settings", settings), ("work", None)]
+
+
 def test_the_run_records_what_its_bits_depend_on(tmp_path):
     result = run_cli("--model", "dense_ae", "--epochs", "1", "--limit", "256", "--no-tensorboard",
                      "--workdir", str(tmp_path / "run"))

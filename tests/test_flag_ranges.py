@@ -76,7 +76,9 @@ def argument_vectors(draw, flags: dict, switches: tuple[str, ...] = ()):
 def outcome(command, argv: list[str]):
     """(exit code, stderr, the options handed to the work) of `command` with its work replaced."""
     accepted = []
-    checked = dataclasses.replace(command, run=lambda options: accepted.append(options) or 0)
+    # the work replaced, and this process's XLA settings left as the suite set them
+    checked = dataclasses.replace(command, run=lambda options: accepted.append(options) or 0,
+                                  kernel_settings=lambda options: None)
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
         code = checked.main(argv)
