@@ -35,9 +35,8 @@ class Command:
     run: Callable[[Any], int]
     interrupted: str = "interrupted"  # said on Ctrl-C
     interrupted_exit_code: int = 130  # the shell's code for death by SIGINT
-    # the options' arguments of vaejax.devices.use_deterministic_kernels ({}: its defaults; None: leave the
-    # process's settings as they are, for a caller that replaces `run` and stays in its own process)
-    kernel_settings: Callable[[Any], dict | None] = lambda options: {}
+    # the options' arguments of vaejax.devices.use_deterministic_kernels (none: its defaults)
+    kernel_settings: Callable[[Any], dict] = lambda options: {}
 
     def main(self, argv: list[str] | None = None) -> int:
         try:
@@ -46,11 +45,9 @@ class Command:
             return exit.code if isinstance(exit.code, int) else 0
         try:
             options = self.options(flags)
-            settings = self.kernel_settings(options)
-            if settings is not None:
-                from vaejax import devices  # JAX, only for valid flags; its backend reads these when it starts
+            from vaejax import devices  # JAX, only for valid flags; its backend reads these when it starts
 
-                devices.use_deterministic_kernels(**settings)
+            devices.use_deterministic_kernels(**self.kernel_settings(options))
             return self.run(options)
         except VaejaxError as error:
             kind = "error: " if error.exit_code == 2 else ""  # an interrupt after a checkpoint is no error
