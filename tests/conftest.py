@@ -18,8 +18,6 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     SESSION_XLA_CACHE = tempfile.mkdtemp(prefix="vaejax-tests-xla-cache-")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = SESSION_XLA_CACHE
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-# What a test that counts compilations runs with: every program compiled, none read from the cache.
-NO_XLA_CACHE = {"JAX_ENABLE_COMPILATION_CACHE": "false"}
 from vaejax.devices import use_deterministic_kernels  # noqa: E402
 
 use_deterministic_kernels()

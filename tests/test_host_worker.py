@@ -4,8 +4,9 @@ training thread as the error it was."""
 import threading
 
 import pytest
-from conftest import NO_XLA_CACHE, run_cli
+from conftest import run_cli
 
+from benchmarks.main_job import COMPILE_LINE, COUNT_COMPILES
 from vaejax.errors import VaejaxError
 from vaejax.host_worker import HostWorker
 
@@ -76,10 +77,10 @@ def test_a_run_compiles_each_program_once(tmp_path):
     """No stray compilations: two epochs of the default model with every figure compile a fixed,
     small set of programs (eager Flax initialisation alone used to compile dozens)."""
     result = run_cli("--epochs", "2", "--limit", "256", "--no-tensorboard", "--workdir", str(tmp_path / "run"),
-                     env={"JAX_LOG_COMPILES": "1", **NO_XLA_CACHE})
+                     env=COUNT_COMPILES)
     assert result.returncode == 0, result.stderr
     compiled = [line.split("compilation of ")[1].split(" ")[0] for line in result.stderr.splitlines()
-                if "Finished XLA compilation" in line]
+                if COMPILE_LINE in line]
     # One training program (per step on CPU, the epoch scan on accelerators), one evaluation program.
     assert sum(compiled.count(name) for name in ("jit(train_step)", "jit(train_epoch)")) == 1, compiled
     assert sum(compiled.count(name) for name in ("jit(eval_step)", "jit(evaluate)")) == 1, compiled
