@@ -42,6 +42,7 @@ NOT_SMOKED = {  # the files of benchmarks/ that are not benchmark scripts, or ar
     "parse_only.py": "gpu_session.sh's dry run, tested below",
     "step_timing.py": "the step timer train_speed.py and cpu_kernels.py share",
     "mutants.py": "runs the test suite per mutant (minutes); tests/test_mutants.py checks its set",
+    "readme_numbers.py": "README's number checker and rewriter; tests/test_readme_numbers.py runs it",
 }
 PROVENANCE = {"command", "date", "commit", "machine", "versions", "xla_flags"}
 

@@ -1,99 +1,19 @@
-"""Every measured number in README.md is read from the JSON its measuring command wrote.
-
-README writes such a number as `<!--n:RELPATH#KEY-->NUMBER`: an HTML comment, invisible when rendered, right
-before the number. RELPATH is a .json or .jsonl file from the repository root; KEY a `/`-separated path of dict
-keys and list indices (negative allowed; a .jsonl file is the list of its lines; `*` maps the rest of the path
-over every item of a list). Transforms may follow, each after a `|` (written `\\|` inside a Markdown table):
-`x100` (a percentage), `/60` (minutes), `median` `min` `max` `sum` `mean` (of a list), `over:KEY2` (the ratio to
-another value of the same file) and `change:KEY2` (the percent change from it). The check: the value, rounded
-half up to as many decimals as README's NUMBER shows, equals NUMBER exactly (144.93873 is 144.94, not 145.00).
-"""
+"""Every measured number in README.md is read from the JSON its measuring command wrote (the marker syntax and
+the checker: benchmarks/readme_numbers.py, which also rewrites README's numbers from their files)."""
 
 import json
 import re
 import shutil
-import statistics
-from decimal import ROUND_HALF_UP, Decimal
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
-MARKER = re.compile(
-    r"<!--n:(?P<path>[^#\s]+)#(?P<key>(?:(?!-->)[^|\\])+)(?P<transforms>(?:\\?\|(?:(?!-->)[^|\\])+)*)-->"
-    r"(?P<number>[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?|[-+]?\d+(?:\.\d+)?)?")
-REDUCTIONS = {"median": statistics.median, "min": min, "max": max, "sum": sum, "mean": statistics.mean}
+from benchmarks.readme_numbers import MARKER, README, ROOT, lookup, problems, refreshed, value_of
+
 # The files README's numbers must come from, one per kind of claim the README makes.
 REQUIRED_SOURCES = {"figures/mnist/metrics.jsonl", "benchmarks/results/main_job-cpu.json",
                     "benchmarks/results/train_speed-cpu.json", "benchmarks/results/explore_latency.json",
                     "benchmarks/results/mutants.json", "benchmarks/results/sampler_table.json",
                     "benchmarks/results/iwae_table.json"}
-
-
-def load(path: Path):
-    """A .json document, or a .jsonl file as the list of its lines; every number exact, as Decimal."""
-    text = path.read_text()
-    if path.suffix == ".jsonl":
-        return [json.loads(line, parse_float=Decimal, parse_int=Decimal) for line in text.splitlines() if line]
-    return json.loads(text, parse_float=Decimal, parse_int=Decimal)
-
-
-def lookup(document, key: str):
-    """The value at a `/`-separated key; `*` maps the rest of the key over a list."""
-    head, _, rest = key.partition("/")
-    if head == "*":
-        return [lookup(item, rest) if rest else item for item in document]
-    value = document[int(head)] if isinstance(document, list) else document[head]
-    return lookup(value, rest) if rest else value
-
-
-def transform(value, name: str, document):
-    """One of the transforms the module docstring lists."""
-    if name == "x100":
-        return value * 100
-    if name == "/60":
-        return value / 60
-    if name in REDUCTIONS:
-        return REDUCTIONS[name](value)
-    if name.startswith("over:"):
-        return value / lookup(document, name.removeprefix("over:"))
-    if name.startswith("change:"):
-        return 100 * (value / lookup(document, name.removeprefix("change:")) - 1)
-    raise ValueError(f"unknown transform {name!r}")
-
-
-def value_of(marker: re.Match, root: Path) -> Decimal:
-    """What the marker's file says, after its transforms."""
-    document = load(root / marker["path"])
-    value = lookup(document, marker["key"])
-    for name in filter(None, re.split(r"\\?\|", marker["transforms"])):
-        value = transform(value, name, document)
-    if not isinstance(value, Decimal):
-        raise TypeError(f"not a number: {value!r}")
-    return value
-
-
-def problems(readme: str, root: Path = ROOT) -> list[str]:
-    """One line per marker whose file, key or value disagrees with README's number."""
-    found = []
-    markers = list(MARKER.finditer(readme))
-    if len(markers) != readme.count("<!--n:"):
-        found.append(f"{readme.count('<!--n:') - len(markers)} markers do not parse")
-    for marker in markers:
-        if marker["number"] is None:
-            found.append(f"{marker[0]}: no number follows the marker")
-            continue
-        try:
-            value = value_of(marker, root)
-        except (OSError, KeyError, IndexError, ValueError, TypeError, ArithmeticError) as error:
-            found.append(f"{marker[0]}: {type(error).__name__}: {error}")
-            continue
-        shown = Decimal(marker["number"].replace(",", ""))
-        rounded = value.quantize(Decimal(1).scaleb(shown.as_tuple().exponent), rounding=ROUND_HALF_UP)
-        if rounded != shown:
-            found.append(f"{marker[0]}: README says {marker['number']}, {marker['path']} says {rounded} ({value})")
-    return found
 
 
 def markers() -> list[re.Match]:
@@ -172,3 +92,23 @@ def test_every_results_json_says_what_produced_it():
 
 def test_readme_quotes_every_kind_of_measurement_from_its_file():
     assert REQUIRED_SOURCES <= {marker["path"] for marker in markers()}
+
+
+def test_refresh_sets_the_named_files_numbers_at_readmes_decimals_and_leaves_the_rest(tmp_path):
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures/run.jsonl").write_text('{"loss": 144.93873, "images": 12345, "delta": 1.25}\n')
+    (tmp_path / "figures/other.json").write_text('{"loss": 7.5}')
+    stale = ("test <!--n:figures/run.jsonl#0/loss-->143.1 on <!--n:figures/run.jsonl#0/images-->9,999 images, "
+             "<!--n:figures/run.jsonl#0/delta-->+0.5 <!--n:figures/run.jsonl#0/loss-->144 | "
+             "<!--n:figures/other.json#loss-->7.0")
+    readme, changes = refreshed(stale, {"figures/run.jsonl"}, tmp_path)
+    assert readme == ("test <!--n:figures/run.jsonl#0/loss-->144.9 on <!--n:figures/run.jsonl#0/images-->12,345 "
+                      "images, <!--n:figures/run.jsonl#0/delta-->+1.3 <!--n:figures/run.jsonl#0/loss-->145 | "
+                      "<!--n:figures/other.json#loss-->7.0")
+    assert len(changes) == 4 and problems(readme, tmp_path) == ["<!--n:figures/other.json#loss-->7.0: README says 7.0, "
+                                                                "figures/other.json says 7.5 (7.5)"]
+
+
+def test_refreshing_readme_from_its_own_files_changes_nothing():
+    readme = README.read_text()
+    assert refreshed(readme, {marker["path"] for marker in markers()}) == (readme, [])
