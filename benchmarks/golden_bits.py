@@ -89,6 +89,10 @@ def list_measured_machines(golden_path: Path, measured_path: Path) -> int:
                       "instruction_sets": QEMU_INSTRUCTION_SETS.get(qemu_model)}
         elif measured["core_counts_faked"] and int(cores) > cpu["cores"]:
             entry["cores_faked"] = "XLA:CPU sized its thread pools by this count (an LD_PRELOAD shim)"
+        if any(same_machine(old, entry) and set(entry["models"]) <= set(old.get("models", ()))
+               for old in golden["machines"]):
+            print(f"{environment}: already listed with these models")  # a record of more models stays
+            continue
         golden["machines"] = [old for old in golden["machines"] if not same_machine(old, entry)] + [entry]
         print(f"{environment}: listed")
     golden_path.write_text(json.dumps(golden, indent=2) + "\n")

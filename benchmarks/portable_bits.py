@@ -1,7 +1,7 @@
 """Portable bits on XLA:CPU (issue 19): which XLA flags make a seeded run's bytes independent of the CPU's
 instruction set, vendor and core count, proved on CPUs this machine lacks, and what they cost.
 
-    python benchmarks/portable_bits.py [--configs default portable] [--ablate] [--envs native-1 native-2
+    python benchmarks/portable_bits.py [--configs default portable train_py] [--ablate] [--envs native-1 native-2
                                        native-16 Haswell-1 SandyBridge-1 EPYC-1] [--models conv_vae dense_ae]
                                        [--skip CONFIG@ENV ...] [--timing_repeats 3] [--jobs 1] [--out FILE]
     python benchmarks/portable_bits.py --smoke     # seconds: dense_ae, native at 1 and 2 threads, tiny timing
@@ -10,7 +10,9 @@ Each (configuration, environment) runs in a fresh process: the same seeded short
 (vaejax's `train`, one epoch of `--images` 16 images at `--batch_size` 8, seed 3, then `--test_images` 32
 evaluated: tiny, because under qemu JAX runs some hundred times slower), recording the SHA-256 of each run's
 params.msgpack. A configuration is XLA_FLAGS (after the flag train.py adds) and environment variables;
-`default` is XLA:CPU's own settings, `portable` the candidate (train.py's default),
+`default` is XLA:CPU's own settings, `portable` the candidate (train.py's default), `train_py` what train.py
+itself sets on the CPU it runs on (the candidate, or the machine mode on a CPU without FMA, where the candidate
+hangs: `--envs SandyBridge-1` shows both),
 and `--ablate` adds the candidate minus each of its parts, to find the smallest set (natively only).
 An environment is native or
 `qemu-x86_64 -cpu MODEL` (Debian's qemu-user, which emulates AVX, AVX2 and FMA but not AVX-512), at a core
@@ -67,6 +69,7 @@ QEMU = "qemu-x86_64"
 SEED, LATENT_DIM = 3, 2
 HASH_IMAGES, HASH_BATCH, HASH_TEST_IMAGES = 16, 8, 32  # a hashed run: 2 steps, then 32 test images (golden_bits.py)
 TIMING_BATCH, TIMING_TEST_IMAGES = 128, 256
+TRAIN_PY = "train_py"  # the configuration whose child sets its XLA flags as train.py does
 RESULT = "portable_bits child result: "  # the line a child prints its JSON on
 SHIM_SOURCE = r"""
 #define _GNU_SOURCE
@@ -98,9 +101,10 @@ int get_nprocs_conf(void) {
 
 def configurations(names: list[str], ablate: bool, extra_parts: list[str]) -> dict[str, list[str]]:
     """Each configuration by name -> the parts it sets: default none, portable the candidate (with
-    `extra_parts`), and with `ablate` the candidate minus each part."""
+    `extra_parts`), train_py none set here (the child asks for train.py's default, as train.py does: on a CPU
+    without FMA that is the machine mode), and with `ablate` the candidate minus each part."""
     candidate = [*PORTABLE_PARTS, *extra_parts]
-    known = {"default": [], "portable": candidate}
+    known = {"default": [], "portable": candidate, TRAIN_PY: []}
     unknown = set(names) - set(known)
     if unknown:
         raise SystemExit(f"portable_bits.py: unknown configuration(s) {', '.join(sorted(unknown))}")
@@ -190,11 +194,15 @@ def child(args: argparse.Namespace) -> None:
     """Runs in the child process: hash each model's seeded run, or time one model's epochs."""
     from vaejax.devices import use_deterministic_kernels
 
-    # the GPU flag as train.py adds it; the CPU settings are this configuration's alone, from its environment
-    use_deterministic_kernels(True, cpu_bits=None)
+    # the GPU flag as train.py adds it; the CPU settings are this configuration's alone, from its environment,
+    # except train_py's, which are train.py's own choice on this CPU
+    use_deterministic_kernels(True, cpu_bits="portable" if args.as_train_py else None)
     import jax
 
-    found = {"cores_seen": len(os.sched_getaffinity(0)), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    from vaejax.devices import cpu_bits_in_force, cpu_lacks_fma
+
+    found = {"cpu_bits": cpu_bits_in_force(), "cpu_lacks_fma": cpu_lacks_fma(),
+             "cores_seen": len(os.sched_getaffinity(0)), "xla_flags": os.environ.get("XLA_FLAGS", ""),
              "backend": jax.default_backend()}
     with tempfile.TemporaryDirectory(prefix="portable-bits-") as scratch:
         if args.child == "hash":
@@ -227,7 +235,8 @@ def hash_table(configs: dict[str, list[str]], environments: list[str], shim: Pat
         config, environment = job
         emulated = parse_environment(environment)[0] is not None
         models = (args.emulated_models or args.models) if emulated else args.models
-        return run_child(environment, configs[config], shim, [*arguments, *models],
+        as_train_py = ["--as_train_py"] if config == TRAIN_PY else []
+        return run_child(environment, configs[config], shim, [*arguments, *models, *as_train_py],
                          args.timeout if emulated else args.timeout / 10)
 
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
@@ -308,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                       "(a native one a tenth)")
     parser.add_argument("--out", default=None, help="JSON (default: benchmarks/results/portable_bits.json)")
     parser.add_argument("--child", choices=["hash", "time"], default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--as_train_py", action="store_true", help=argparse.SUPPRESS)
     smoke.add_flag(parser)
     return parser
 

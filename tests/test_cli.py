@@ -109,6 +109,42 @@ def test_deterministic_and_portable_kernels_are_asked_for_by_default_and_can_be_
     assert not build_parser().parse_args(["--nondeterministic"]).deterministic
 
 
+def test_a_cpu_without_fma_runs_in_the_machine_mode_and_the_run_says_why(monkeypatch):
+    """jaxlib 0.10.2's portable kernels hang on a CPU without FMA (benchmarks/results/portable_bits-no_fma.json):
+    train.py's default must then run, with this CPU's bits, and say so."""
+    from vaejax import devices
+
+    monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.delenv("TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL", raising=False)
+    monkeypatch.setattr(devices, "_added_flags", set())
+    monkeypatch.setattr(devices, "_added_variables", set())
+    monkeypatch.setattr(devices, "_flags_set_late", False)
+    monkeypatch.setattr(devices, "cpu_lacks_fma", lambda: True)
+    devices.use_deterministic_kernels()
+    assert os.environ["XLA_FLAGS"].split() == [devices.DETERMINISTIC_XLA_FLAG, *devices.MACHINE_CPU_XLA_FLAGS]
+    assert "TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL" not in os.environ
+    assert devices.cpu_bits_in_force() == "machine"
+    plan = dataclasses.replace(devices.plan_devices("conv_vae", 128), backend="cpu", cpu_bits="machine")
+    assert any(line.startswith("warning:") and "no FMA" in line for line in plan.describe(128))
+    monkeypatch.setattr(devices, "cpu_lacks_fma", lambda: False)
+    assert not any("no FMA" in line for line in plan.describe(128))
+
+
+def test_fma_is_asked_of_the_cpu_itself_and_only_matters_on_x86_64(monkeypatch):
+    from numpy._core._multiarray_umath import __cpu_features__
+
+    from vaejax import devices
+
+    monkeypatch.setattr(devices.platform, "machine", lambda: "x86_64")
+    monkeypatch.setitem(__cpu_features__, "FMA3", False)  # what NumPy's CPUID says under qemu -cpu SandyBridge
+    assert devices.cpu_lacks_fma()
+    monkeypatch.setitem(__cpu_features__, "FMA3", True)
+    assert not devices.cpu_lacks_fma()
+    monkeypatch.setitem(__cpu_features__, "FMA3", False)
+    monkeypatch.setattr(devices.platform, "machine", lambda: "aarch64")
+    assert not devices.cpu_lacks_fma()
+
+
 @pytest.mark.parametrize("module, argv, settings", [
     ("cli", [], {"enabled": True, "cpu_bits": "portable"}),
     ("cli", ["--nondeterministic", "--cpu_bits", "machine"], {"enabled": False, "cpu_bits": "machine"}),

@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT
 
 from benchmarks.golden_bits import GOLDEN, MODELS, seeded_run_sha256
-from vaejax.devices import PORTABLE_CPU_XLA_FLAGS, cpu_bits_in_force, host_cpu
+from vaejax.devices import PORTABLE_CPU_XLA_FLAGS, cpu_bits_in_force, cpu_lacks_fma, host_cpu
 
 GOLDEN_RECORD = json.loads(GOLDEN.read_text())
 # every measurement of benchmarks/portable_bits.py, one per machine it ran on
@@ -24,6 +24,8 @@ def test_a_seeded_run_gives_the_golden_bytes_on_this_cpu(model):
 
     if jax.default_backend() != "cpu":
         pytest.skip("the golden bytes are XLA:CPU's; a GPU repeats its own (tests/test_gpu.py)")
+    if cpu_lacks_fma():
+        pytest.skip("this CPU has no FMA: train.py runs it in the machine mode (no portable kernels run here)")
     assert cpu_bits_in_force() == "portable", "the suite runs with train.py's default settings"
     cpu = host_cpu()
     assert seeded_run_sha256(model) == GOLDEN_RECORD["sha256"][model], (
@@ -58,3 +60,19 @@ def test_the_portable_bits_measurements_are_of_these_settings_and_of_these_hashe
             for model, digest in row.get("sha256", {}).items():
                 default_hashes[model].add(digest)
     assert all(len(digests) > 1 for digests in default_hashes.values())
+
+
+def test_a_cpu_without_fma_was_measured_to_hang_in_portable_mode_and_to_run_in_train_pys():
+    """README's CPUs-without-FMA paragraph: under qemu's SandyBridge the portable settings never finished, and
+    train.py's own choice (the machine mode there) did; everywhere else train.py's choice gave the golden bytes."""
+    measured = MEASURED["portable_bits-no_fma.json"]["configs"]
+    as_train_py = measured["train_py"]["environments"]
+    no_fma = [environment for environment, row in as_train_py.items() if row.get("cpu_lacks_fma")]
+    assert no_fma == ["SandyBridge-1"]
+    for environment, row in as_train_py.items():
+        if environment in no_fma:
+            assert "timed out" in measured["portable"]["environments"][environment]["error"]
+            xla_own = measured["default"]["environments"][environment]
+            assert row["cpu_bits"] == "machine" and row["sha256"] == xla_own["sha256"]
+        else:
+            assert row["cpu_bits"] == "portable" and row["sha256"] == {"dense_ae": GOLDEN_RECORD["sha256"]["dense_ae"]}

@@ -96,7 +96,8 @@ def use_deterministic_kernels(enabled: bool = True, cpu_bits: str | None = "port
     `enabled` XLA:GPU's deterministic kernels (off: XLA's fastest, which may not repeat); with
     `cpu_bits="portable"` the XLA:CPU settings that give the same bytes on every CPU ("machine": the
     fastest measured, convolutions in Eigen, whose bytes only this kind of CPU at this core count repeats;
-    None: XLA:CPU's own settings, the benchmarks' baseline). A setting the user made themselves (in
+    None: XLA:CPU's own settings, the benchmarks' baseline). On an x86-64 CPU without FMA, portable is
+    machine: there is no portable kernel to run (`cpu_lacks_fma`). A setting the user made themselves (in
     XLA_FLAGS, for the same option, or in the environment) is kept. Takes effect only if no JAX backend
     has started yet in this process."""
     global _flags_set_late
@@ -106,6 +107,8 @@ def use_deterministic_kernels(enabled: bool = True, cpu_bits: str | None = "port
     flags = [flag for flag in before.split() if flag not in _added_flags]
     _added_flags.clear()
     users = {flag_name(flag) for flag in flags}
+    if cpu_bits == "portable" and cpu_lacks_fma():
+        cpu_bits = "machine"  # the run's log says why (DevicePlan.describe)
     cpu_flags = {"portable": PORTABLE_CPU_XLA_FLAGS, "machine": MACHINE_CPU_XLA_FLAGS, None: ()}[cpu_bits]
     wanted = [DETERMINISTIC_XLA_FLAG] * enabled + list(cpu_flags)
     for flag in wanted:
@@ -161,6 +164,20 @@ def host_cpu() -> dict:
             "cores": len(os.sched_getaffinity(0)),
             "instruction_sets": [flag for flag in CPU_INSTRUCTION_SETS if flag in flags]
                                 + sorted(flag for flag in flags if flag.startswith("amx"))}
+
+
+def cpu_lacks_fma() -> bool:
+    """Whether this is an x86-64 CPU without FMA3 (Intel before Haswell, AMD before Piledriver). With platform-
+    dependent math off, YNNPACK (jaxlib 0.10.2) has only FMA kernels for a dot: without FMA it finds none and
+    hangs ("No dot kernel found", benchmarks/results/portable_bits-no_fma.json). Asked of the CPU itself (CPUID,
+    through NumPy's dispatcher): under an emulator /proc/cpuinfo names the host's CPU."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:  # a NumPy without its dispatcher's table: the kernel's view
+        return "fma" not in host_cpu()["instruction_sets"]
+    return not features.get("FMA3", "fma" in host_cpu()["instruction_sets"])
 
 
 # The entries of a run's environment that name the CPU: its bits depend on them only off the portable mode.
@@ -273,8 +290,10 @@ class DevicePlan:
             lines.append(f"each batch's gradient summed over {self.micro_batches} micro-batches differentiated "
                          "side by side")
         if self.backend == "cpu" and self.cpu_bits == "machine":
-            lines.append("warning: this run's bits are this CPU's (--cpu_bits machine, or XLA_FLAGS overriding a "
-                         "portable setting): another CPU model or core count gives other bits for the same seed")
+            why = ("this CPU has no FMA, without which XLA:CPU has no portable kernels" if cpu_lacks_fma() else
+                   "--cpu_bits machine, or XLA_FLAGS overriding a portable setting")
+            lines.append(f"warning: this run's bits are this CPU's ({why}): another CPU model or core count gives "
+                         "other bits for the same seed")
         if not self.deterministic_kernels:
             lines.append(f"warning: nondeterministic GPU kernels: results will not repeat bitwise "
                          f"(XLA_FLAGS lacks {DETERMINISTIC_XLA_FLAG})")
