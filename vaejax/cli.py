@@ -84,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"GPU: allow XLA's nondeterministic kernels (by default XLA_FLAGS gets {DETERMINISTIC_XLA_FLAG} "
              "before JAX starts, so the same seed gives the same bits); CPU and TPU are deterministic anyway")
     add("--cpu_bits", default=Config.cpu_bits,
-        help="XLA:CPU: portable (default): the same seed gives the same bytes on every x86-64 CPU at any core count "
-             f"(XLA_FLAGS gets {' '.join(devices.PORTABLE_CPU_XLA_FLAGS)} and "
+        help="XLA:CPU: portable (default): the same seed gives the same bytes on every x86-64 CPU with FMA at any "
+             "core count (a CPU without FMA runs in the machine mode; "
+             f"XLA_FLAGS gets {' '.join(devices.PORTABLE_CPU_XLA_FLAGS)} and "
              f"{' '.join(f'{name}={value}' for name, value in devices.PORTABLE_CPU_ENVIRONMENT.items())}); "
              f"machine: the fastest measured ({' '.join(devices.MACHINE_CPU_XLA_FLAGS)}: convolutions in Eigen, "
              "threaded), whose bytes repeat only on the same CPU model and core count")

@@ -34,7 +34,8 @@ DETERMINISTIC_XLA_FLAG = "--xla_gpu_deterministic_ops=true"
 # its code for the host's widest vectors (FMA or not) round differently, and Eigen's custom contraction
 # kernel dispatches per CPU and thread count. These settings, measured one by one in
 # benchmarks/results/portable_bits.json (each is needed there), make the bits the same on every x86-64 CPU
-# at any core count. Each reaches only XLA:CPU; GPU and TPU programs are compiled as before.
+# with FMA at any core count (one without runs in the machine mode: `cpu_lacks_fma`). Each reaches only
+# XLA:CPU; GPU and TPU programs are compiled as before.
 PORTABLE_CPU_XLA_FLAGS = (
     "--xla_cpu_enable_platform_dependent_math=false",  # exp, log, tanh computed alike on every CPU
     "--xla_cpu_max_isa=AVX",  # XLA's own code at most AVX: no FMA contraction, no wider vectors
