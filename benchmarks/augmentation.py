@@ -23,12 +23,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import smoke  # noqa: E402
-from benchmarks.provenance import provenance  # noqa: E402
+from benchmarks.provenance import provenance, write_result  # noqa: E402
 from vaejax.checkpoint import load_finished_run  # noqa: E402
 from vaejax.classifier import CLASSIFIER_EPOCHS, cached_classifier, train_classifier  # noqa: E402
 from vaejax.data import load_dataset  # noqa: E402
+from vaejax.devices import use_deterministic_kernels  # noqa: E402
 from vaejax.inference import to_uint8  # noqa: E402
 from vaejax.samplers import balanced_labels, prior_sampler, sampled_pixels  # noqa: E402
+
+use_deterministic_kernels()  # measured as train.py runs vaejax: its kernel settings, before the backend starts
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -109,7 +112,7 @@ def measure(args: argparse.Namespace, argv: list[str] | None) -> None:
         if earlier["setting"] == record["setting"]:
             record["results"] = earlier["results"] | rows
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_result(path, record)
     print(f"wrote {path}")
 
 

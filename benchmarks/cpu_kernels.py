@@ -17,6 +17,8 @@ micro-batch count measured in the same run. A choice is XLA_FLAGS given before v
 
     machine          XLA:CPU's defaults: YNNPACK convolutions, dots and reductions, per-CPU kernels
     portable         vaejax's default (vaejax.devices.PORTABLE_CPU_XLA_FLAGS): reductions out of YNNPACK, ...
+    portable-minus-PART   the portable settings less one part (benchmarks/portable_bits.py's PORTABLE_PARTS:
+                          platform_dependent_math, max_isa_avx, ynn_no_reduce, eigen_default_contraction): its cost
     portable+conv_eigen   the same with convolutions in Eigen (threaded) instead of YNNPACK
     portable+dot_eigen    the same with dots in Eigen
     portable+eigen        both
@@ -47,7 +49,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks import smoke  # noqa: E402
-from benchmarks.provenance import provenance  # noqa: E402
+from benchmarks.portable_bits import PORTABLE_PARTS, settings  # noqa: E402
+from benchmarks.provenance import provenance, write_result  # noqa: E402
 
 YNN_TYPE = "--xla_cpu_experimental_ynn_fusion_type="
 CHOICES = {
@@ -61,6 +64,13 @@ CHOICES = {
                                                  "--xla_cpu_multi_thread_eigen=false"]),
     "machine+conv_eigen": ("machine", []),  # train.py --cpu_bits machine (vaejax.devices.MACHINE_CPU_XLA_FLAGS)
 }
+# The portable settings less one part each, given as XLA:CPU's own settings plus the other parts' flags and
+# environment variables: what each part costs (portable_bits.py --ablate: what each part is needed for).
+LESS_ONE_PART = {f"portable-minus-{part}": settings([other for other in PORTABLE_PARTS if other != part])
+                 for part in PORTABLE_PARTS}
+CHOICES |= {name: (None, found["XLA_FLAGS"].split()) for name, found in LESS_ONE_PART.items()}
+CHOICE_ENVIRONMENT = {name: {variable: value for variable, value in found.items() if variable != "XLA_FLAGS"}
+                      for name, found in LESS_ONE_PART.items()}  # a choice's variables besides XLA_FLAGS
 CONV_MODELS = ("conv_vae", "conv_cvae")
 WINDOW_STEPS = {"conv_vae": 10, "conv_cvae": 10, "mlp_vae": 200, "dense_ae": 200}  # about a second a window
 RESULT = "cpu_kernels child result: "  # the line a child prints its JSON on
@@ -70,6 +80,7 @@ def child(args: argparse.Namespace) -> None:
     """In a fresh process: set this choice's flags before JAX starts, then time or hash."""
     cpu_bits, flags = CHOICES[args.choice]
     os.environ["XLA_FLAGS"] = " ".join([*os.environ.get("XLA_FLAGS", "").split(), *flags])
+    os.environ.update(CHOICE_ENVIRONMENT.get(args.choice, {}))
     from vaejax.devices import use_deterministic_kernels
 
     use_deterministic_kernels(True, cpu_bits)
@@ -190,14 +201,14 @@ def main(argv: list[str] | None = None) -> None:
                           "fastest_portable": None if best is None else {
                               key: best[key] for key in ("choice", "micro_batches", "conv_impl", "ms_per_step")}}
     results = {"what": "ms per training step at each model's seed batch size; median of each process's windows",
-               "cores": len(os.sched_getaffinity(0)), "choices": {name: {"cpu_bits": bits_mode, "xla_flags": flags}
-                                                                  for name, (bits_mode, flags) in CHOICES.items()
-                                                                  if name in args.choices},
+               "cores": len(os.sched_getaffinity(0)), "choices": {
+                   name: {"cpu_bits": bits_mode, "xla_flags": flags, "environment": CHOICE_ENVIRONMENT.get(name, {})}
+                   for name, (bits_mode, flags) in CHOICES.items() if name in args.choices},
                "timings": timings, "failed": failed, "bits": bits, "best": fastest,
                "provenance": provenance(__file__, argv)}
     out = smoke.out_path(args, ROOT / "benchmarks/results/cpu_kernels.json", "cpu_kernels.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    write_result(out, results)
     for model, row in fastest.items():
         print(f"{model}: fastest {row['fastest']}; fastest with portable bits {row['fastest_portable']}")
     print(f"written to {out}")

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks import smoke  # noqa: E402
-from benchmarks.provenance import provenance  # noqa: E402
+from benchmarks.provenance import provenance, write_result  # noqa: E402
 
 MODES = {"deterministic": [], "nondeterministic": ["--nondeterministic"]}
 
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     results["provenance"] = provenance(__file__, argv)
     out = smoke.out_path(args, ROOT / f"benchmarks/results/determinism-{backend}.json", "determinism.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    write_result(out, results)
     print(results["backend"])
     print(f"{args.model}, {args.epochs} epochs, {args.runs} runs per mode"
           + (f", first {args.limit} images" if args.limit else ""))

@@ -15,7 +15,6 @@ the grid on, a drawn digit, an interpolation strip and prior samples.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re
@@ -29,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks import smoke  # noqa: E402
-from benchmarks.provenance import provenance  # noqa: E402
+from benchmarks.provenance import provenance, write_result  # noqa: E402
 
 TARGET_MS = {"median": 30.0, "p95": 60.0}
 WARM_UP_MOVES = 30  # the first moves open the connection; not measured
@@ -145,7 +144,7 @@ def measure(args: argparse.Namespace, argv: list[str] | None) -> None:
     }
     out = smoke.out_path(args, ROOT / "benchmarks/results/explore_latency.json", "explore_latency.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(out, result)
     print(f"{info['model']} latent {info['latent_dim']}: {latencies.size} pointer events, pointer to paint "
           f"median {result['median_ms']:.1f} ms, p95 {result['p95_ms']:.1f} ms (targets 30 and 60); wrote {out}")
 

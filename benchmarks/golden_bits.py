@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks import smoke  # noqa: E402
-from benchmarks.provenance import commit, provenance, versions  # noqa: E402
+from benchmarks.provenance import commit, provenance, versions, write_result  # noqa: E402
 
 GOLDEN = ROOT / "benchmarks" / "results" / "golden_bits.json"
 MODELS = ("conv_vae", "dense_ae")
@@ -67,6 +67,17 @@ def same_machine(a: dict, b: dict) -> bool:
     return all(a.get(key) == b.get(key) for key in keys)
 
 
+def with_machine(machines: list[dict], entry: dict) -> tuple[list[dict], str]:
+    """The list of checked machines with `entry` in it, one record per machine, and what changed: a record that
+    already covers `entry`'s models stays as it is; otherwise `entry` replaces it, with every model either lists."""
+    before = [old for old in machines if same_machine(old, entry)]
+    models = {model for old in before for model in old.get("models", ())}
+    if set(entry["models"]) <= models:
+        return machines, "already listed with these models"
+    others = [old for old in machines if not same_machine(old, entry)]
+    return others + [entry | {"models": sorted(models | set(entry["models"]))}], "listed"
+
+
 def list_measured_machines(golden_path: Path, measured_path: Path) -> int:
     """Add to the golden JSON each environment of a portable_bits.py measurement whose portable
     configuration gave the golden hashes (native at each core count, or under qemu)."""
@@ -89,13 +100,9 @@ def list_measured_machines(golden_path: Path, measured_path: Path) -> int:
                       "instruction_sets": QEMU_INSTRUCTION_SETS.get(qemu_model)}
         elif measured["core_counts_faked"] and int(cores) > cpu["cores"]:
             entry["cores_faked"] = "XLA:CPU sized its thread pools by this count (an LD_PRELOAD shim)"
-        if any(same_machine(old, entry) and set(entry["models"]) <= set(old.get("models", ()))
-               for old in golden["machines"]):
-            print(f"{environment}: already listed with these models")  # a record of more models stays
-            continue
-        golden["machines"] = [old for old in golden["machines"] if not same_machine(old, entry)] + [entry]
-        print(f"{environment}: listed")
-    golden_path.write_text(json.dumps(golden, indent=2) + "\n")
+        golden["machines"], news = with_machine(golden["machines"], entry)
+        print(f"{environment}: {news}")
+    write_result(golden_path, golden)
     return 0
 
 
@@ -143,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         golden = {"what": "params SHA-256 of benchmarks/portable_bits.py's seeded run with train.py's default settings",
                   "sha256": found, "machines": [here | {"models": sorted(found)}],
                   "provenance": provenance(__file__, argv)}
-        path.write_text(json.dumps(golden, indent=2) + "\n")
+        write_result(path, golden)
         print(f"golden hashes reset to this machine's ({here['cpu_model']}): written to {path}")
         return 0
     differ = {model: digest for model, digest in found.items() if golden["sha256"].get(model) != digest}
@@ -152,16 +159,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{model:9s} {digest[:16]}  {verdict}")
     out = smoke.out_path(args, None, "golden_bits.json")
     if out is not None:
-        out.write_text(json.dumps({"sha256": found, "golden": not differ, "machine": here,
-                                   "provenance": provenance(__file__, argv)}, indent=2) + "\n")
+        write_result(out, {"sha256": found, "golden": not differ, "machine": here,
+                           "provenance": provenance(__file__, argv)})
     if differ:
         print(f"golden_bits.py: this machine ({here['cpu_model']}, {' '.join(here['instruction_sets'])}, "
               f"{here['cores']} cores) gives other bytes", file=sys.stderr)
         return 1
     if args.record:
-        entry = here | {"models": sorted(found)}
-        golden["machines"] = [old for old in golden["machines"] if not same_machine(old, entry)] + [entry]
-        path.write_text(json.dumps(golden, indent=2) + "\n")
+        golden["machines"], _ = with_machine(golden["machines"], here | {"models": sorted(found)})
+        write_result(path, golden)
         print(f"recorded {here['cpu_model']} ({here['cores']} cores) in {path}")
     return 0
 

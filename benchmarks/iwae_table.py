@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks import smoke  # noqa: E402
-from benchmarks.provenance import provenance  # noqa: E402
+from benchmarks.provenance import provenance, write_result  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 # -log p(x) in nats, k = 5000 (Burda et al. 2016, Table 1, one stochastic layer).
@@ -135,8 +135,8 @@ def measure(args: argparse.Namespace, argv: list[str] | None) -> None:
         default, rows = RESULTS / "iwae_table.json", table(args)
     path = smoke.out_path(args, default, default.name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"backend": backend, "device": str(jax.devices()[0]), "args": vars(args),
-                                "rows": rows, "provenance": provenance(__file__, argv)}, indent=2) + "\n")
+    write_result(path, {"backend": backend, "device": str(jax.devices()[0]), "args": vars(args),
+                        "rows": rows, "provenance": provenance(__file__, argv)})
     print(f"wrote {path}")
 
 

@@ -18,7 +18,6 @@ Needs `pip install torch` (`--smoke` without it times the XLA side alone).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -31,7 +30,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import smoke  # noqa: E402
-from benchmarks.provenance import provenance  # noqa: E402
+from benchmarks.provenance import provenance, write_result  # noqa: E402
+from vaejax.devices import use_deterministic_kernels  # noqa: E402
+
+use_deterministic_kernels()  # measured as train.py runs vaejax: its kernel settings, before the backend starts
 
 # (name, input (B excluded) NHWC, TF SAME padding (before, after), kernel (kh, kw, in, out), stride, times per step)
 CONV_LAYERS = [
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     out = smoke.out_path(args, f"benchmarks/results/layer_profile-{jax.default_backend()}-{cores}cores.json",
                          "layer_profile.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(out, result)
     print(f"written to {out}")
 
 

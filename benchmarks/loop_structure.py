@@ -14,7 +14,6 @@ machine it runs on; with `--out`, also as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -25,7 +24,7 @@ import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import smoke  # noqa: E402
-from benchmarks.provenance import provenance  # noqa: E402
+from benchmarks.provenance import provenance, write_result  # noqa: E402
 from vaejax.config import LOOPS, MODEL_DEFAULTS  # noqa: E402
 from vaejax.data import load_bundled_mnist  # noqa: E402
 from vaejax.devices import use_deterministic_kernels  # noqa: E402
@@ -108,9 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     out = smoke.out_path(args, None, "loop_structure.json")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"backend": jax.default_backend(), "steps": args.steps, "repeats": args.repeats,
-                                   "rows": rows,
-                                   "provenance": provenance(__file__, argv)}, indent=2) + "\n")
+        write_result(out, {"backend": jax.default_backend(), "steps": args.steps, "repeats": args.repeats,
+                           "rows": rows, "provenance": provenance(__file__, argv)})
         print(f"written to {out}")
 
 

@@ -18,7 +18,6 @@ a share of the epochs' training and evaluation. Defaults: the default model (con
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -31,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks import smoke  # noqa: E402
-from benchmarks.provenance import provenance  # noqa: E402
+from benchmarks.provenance import provenance, write_result  # noqa: E402
 
 VARIANTS = {"every output": [], "no figures, no TensorBoard": ["--no-plot_latent", "--no-tensorboard"]}
 COMPILE_LINE = "Finished XLA compilation"
@@ -98,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     if out is not None:
         results["provenance"] = provenance(__file__, argv)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2) + "\n")
+        write_result(out, results)
         print(f"written to {out}")
 
 

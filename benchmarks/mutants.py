@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import ast
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -277,11 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"score: {killed}/{len(results)} mutants killed")
     if args.only is None:
         sys.path.insert(0, str(ROOT))
-        from benchmarks.provenance import provenance
+        from benchmarks.provenance import provenance, write_result
 
         record = {"provenance": provenance(__file__, argv), "fast_tests": fast_tests(), "mutants": results,
                   "killed": killed, "total": len(results)}
-        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+        write_result(Path(args.out), record)
         print(f"written to {args.out}")
     return 0 if killed == len(results) else 1
 

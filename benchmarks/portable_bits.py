@@ -45,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks import smoke  # noqa: E402
-from benchmarks.provenance import provenance  # noqa: E402
+from benchmarks.provenance import provenance, write_result  # noqa: E402
 
 # The candidate, in parts; each is XLA flags and environment variables set before JAX starts.
 PORTABLE_PARTS = {
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     results["provenance"] = provenance(__file__, argv)
     out = smoke.out_path(args, ROOT / "benchmarks/results/portable_bits.json", "portable_bits.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    write_result(out, results)
     for config, row in results["configs"].items():
         print(f"{config:40s} all environments agree: {row['all_environments_agree']}  "
               f"distinct hashes: {row['distinct_hashes']}")

@@ -22,8 +22,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from vaejax.devices import host_cpu  # noqa: E402  (model, vendor, instruction sets, cores)
+from vaejax.files import write_json  # noqa: E402
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "torch")  # those installed are recorded
+
+
+def write_result(path: str | Path, record: dict) -> None:
+    """A benchmark's JSON, its keys in the order they were built, written whole or not at all (vaejax's one
+    atomic write)."""
+    write_json(Path(path), record, sort_keys=False)
 
 
 def accelerator() -> dict:

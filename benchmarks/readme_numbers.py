@@ -12,7 +12,8 @@ over every item of a list). Transforms may follow, each after a `|` (written `\\
 another value of the same file) and `change:KEY2` (the percent change from it). The check: the value, rounded
 half up to as many decimals as README's NUMBER shows, equals NUMBER exactly (144.93873 is 144.94, not 145.00).
 `--refresh` sets each number of the named files' markers to its value at the decimals README already shows
-(and its thousands separators), so prose around a number still has to be read again by whoever refreshes it.
+(fixed point, with a `+` and thousands separators where README's number had them), so prose around a number
+still has to be read again by whoever refreshes it.
 """
 
 from __future__ import annotations
@@ -26,10 +27,15 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from vaejax.files import atomic_write  # noqa: E402
+
 README = ROOT / "README.md"
 MARKER = re.compile(
     r"<!--n:(?P<path>[^#\s]+)#(?P<key>(?:(?!-->)[^|\\])+)(?P<transforms>(?:\\?\|(?:(?!-->)[^|\\])+)*)-->"
     r"(?P<number>[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?|[-+]?\d+(?:\.\d+)?)?")
+# what a marker whose file, key or transform is wrong raises
+LOOKUP_ERRORS = (OSError, KeyError, IndexError, ValueError, TypeError, ArithmeticError)
 REDUCTIONS = {"median": statistics.median, "min": min, "max": max, "sum": sum, "mean": statistics.mean}
 
 
@@ -88,20 +94,26 @@ def problems(readme: str, root: Path = ROOT) -> list[str]:
             continue
         try:
             value = value_of(marker, root)
-        except (OSError, KeyError, IndexError, ValueError, TypeError, ArithmeticError) as error:
+        except LOOKUP_ERRORS as error:
             found.append(f"{marker[0]}: {type(error).__name__}: {error}")
             continue
-        shown = Decimal(marker["number"].replace(",", ""))
-        rounded = at_decimals_of(value, marker["number"])
+        rounded, shown = at_decimals_of(value, marker["number"])
         if rounded != shown:
             found.append(f"{marker[0]}: README says {marker['number']}, {marker['path']} says {rounded} ({value})")
     return found
 
 
-def at_decimals_of(value: Decimal, number: str) -> Decimal:
-    """`value` rounded half up to as many decimals as README's `number` shows."""
-    exponent = Decimal(number.replace(",", "")).as_tuple().exponent
-    return value.quantize(Decimal(1).scaleb(exponent), rounding=ROUND_HALF_UP)
+def at_decimals_of(value: Decimal, number: str) -> tuple[Decimal, Decimal]:
+    """`value` rounded half up to as many decimals as README's `number` shows, and that number."""
+    shown = Decimal(number.replace(",", ""))
+    return value.quantize(Decimal(1).scaleb(shown.as_tuple().exponent), rounding=ROUND_HALF_UP), shown
+
+
+def written_like(value: Decimal, number: str) -> str:
+    """`value` (already at `number`'s decimals) written as README wrote `number`: fixed point, a `+` sign and
+    thousands separators where `number` had them, never `-0`."""
+    sign, separator = "+" if number.startswith("+") else "", "," if "," in number else ""
+    return f"{value + 0:{sign}{separator}f}"  # + 0: -0.0 is 0.0
 
 
 def refreshed(readme: str, relpaths: set[str], root: Path = ROOT) -> tuple[str, list[str]]:
@@ -111,8 +123,7 @@ def refreshed(readme: str, relpaths: set[str], root: Path = ROOT) -> tuple[str, 
     def replace(marker: re.Match) -> str:
         if marker["path"] not in relpaths or marker["number"] is None:
             return marker[0]
-        rounded = at_decimals_of(value_of(marker, root), marker["number"])
-        number = f"{rounded:{'+' if marker['number'].startswith('+') else ''}{',' if ',' in marker['number'] else ''}}"
+        number = written_like(at_decimals_of(value_of(marker, root), marker["number"])[0], marker["number"])
         if number != marker["number"]:
             changes.append(f"{marker['path']}#{marker['key']}{marker['transforms']}: {marker['number']} -> {number}")
         return marker[0][:marker.start("number") - marker.start()] + number
@@ -130,10 +141,10 @@ def main(argv: list[str] | None = None) -> None:
         unknown = set(args.refresh) - {marker["path"] for marker in MARKER.finditer(readme)}
         if unknown:
             raise SystemExit(f"readme_numbers.py: README has no marker for {', '.join(sorted(unknown))}")
-        readme, changes = refreshed(readme, set(args.refresh))
-        sys.path.insert(0, str(ROOT))
-        from vaejax.files import atomic_write
-
+        try:
+            readme, changes = refreshed(readme, set(args.refresh))
+        except LOOKUP_ERRORS as error:
+            raise SystemExit(f"readme_numbers.py: README left as it was: {type(error).__name__}: {error}") from None
         atomic_write(README, readme.encode())
         print("\n".join(changes) or "README already agrees with those files")
     found = problems(readme)

@@ -30,12 +30,15 @@ from benchmarks.provenance import provenance  # noqa: E402
 from vaejax.checkpoint import load_finished_run  # noqa: E402
 from vaejax.classifier import cached_classifier  # noqa: E402
 from vaejax.data import load_dataset  # noqa: E402
+from vaejax.devices import use_deterministic_kernels  # noqa: E402
 from vaejax.errors import VaejaxError  # noqa: E402
 from vaejax.evaluate import sample_quality  # noqa: E402
 from vaejax.files import write_json  # noqa: E402
 from vaejax.inference import METRIC_PRECISION, evaluation_images, latent_means  # noqa: E402
 from vaejax.keys import command_keys  # noqa: E402
 from vaejax.samplers import DEFAULT_FIT_CODES, fitted_sampler, parse_sampler  # noqa: E402
+
+use_deterministic_kernels()  # measured as train.py runs vaejax: its kernel settings, before the backend starts
 
 # The table's measured columns: (key in the results, heading, decimals)
 COLUMNS = (("frechet_distance", "FD", 1), ("mean_confidence", "confidence", 3), ("class_entropy", "class entropy", 3),

@@ -30,7 +30,6 @@ inputs). Needs `pip install torch` (CPU build: torch==2.13.0); `--smoke` without
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -49,7 +48,7 @@ except ModuleNotFoundError:
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import smoke  # noqa: E402
-from benchmarks.provenance import provenance  # noqa: E402
+from benchmarks.provenance import provenance, write_result  # noqa: E402
 from benchmarks.step_timing import time_vaejax  # noqa: E402
 from vaejax.batching import num_batches  # noqa: E402
 from vaejax.config import MODEL_DEFAULTS  # noqa: E402
@@ -225,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     results["provenance"] = provenance(__file__, argv)
     out = smoke.out_path(args, f"benchmarks/results/train_speed-{results['backend']}.json", "train_speed.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    write_result(out, results)
     print_table(results)
     print(f"written to {out}")
 

@@ -90,6 +90,7 @@ def test_deterministic_and_portable_kernels_are_asked_for_by_default_and_can_be_
     monkeypatch.setattr(devices, "_added_flags", set())
     monkeypatch.setattr(devices, "_added_variables", set())
     monkeypatch.setattr(devices, "_flags_set_late", False)  # this process's backend started long ago
+    monkeypatch.setattr(devices, "cpu_lacks_fma", lambda: False)  # what every CPU with FMA gets
     devices.use_deterministic_kernels()
     devices.use_deterministic_kernels()  # once only
     assert os.environ["XLA_FLAGS"] == ("--xla_force_host_platform_device_count=1 --xla_gpu_deterministic_ops=true "
@@ -126,11 +127,12 @@ def test_a_cpu_without_fma_runs_in_the_machine_mode_and_the_run_says_why(monkeyp
     assert devices.cpu_bits_in_force() == "machine"
     plan = dataclasses.replace(devices.plan_devices("conv_vae", 128), backend="cpu", cpu_bits="machine")
     assert any(line.startswith("warning:") and "no FMA" in line for line in plan.describe(128))
-    monkeypatch.setattr(devices, "cpu_lacks_fma", lambda: False)
+    devices.use_deterministic_kernels(True, "machine")  # asked for: the log must not blame the CPU
     assert not any("no FMA" in line for line in plan.describe(128))
+    assert any(line.startswith("warning:") and "--cpu_bits machine" in line for line in plan.describe(128))
 
 
-def test_fma_is_asked_of_the_cpu_itself_and_only_matters_on_x86_64(monkeypatch):
+def test_fma_is_asked_of_the_cpu_itself_and_only_matters_on_x86_64(monkeypatch, tmp_path):
     from numpy._core._multiarray_umath import __cpu_features__
 
     from vaejax import devices
@@ -143,6 +145,10 @@ def test_fma_is_asked_of_the_cpu_itself_and_only_matters_on_x86_64(monkeypatch):
     monkeypatch.setitem(__cpu_features__, "FMA3", False)
     monkeypatch.setattr(devices.platform, "machine", lambda: "aarch64")
     assert not devices.cpu_lacks_fma()
+    monkeypatch.setattr(devices.platform, "machine", lambda: "x86_64")  # NumPy cannot say, nor /proc/cpuinfo
+    monkeypatch.delitem(__cpu_features__, "FMA3")
+    monkeypatch.setattr(devices, "CPUINFO", tmp_path / "absent")
+    assert not devices.cpu_lacks_fma()  # unknown: assumed present, as on every x86-64 CPU since 2015
 
 
 @pytest.mark.parametrize("module, argv, settings", [
@@ -177,12 +183,13 @@ def test_the_run_records_what_its_bits_depend_on(tmp_path):
     assert environment["loop"] == "scan" and environment["micro_batches"] == 1  # dense_ae's measured choice
     assert "--xla_gpu_deterministic_ops=true" in environment["xla_flags"] and environment["deterministic_kernels"]
     assert {"device_kind", "jaxlib", "device_count", "process_count"} <= environment.keys()
-    from vaejax.devices import PORTABLE_CPU_XLA_FLAGS, host_cpu
+    from vaejax.devices import PORTABLE_CPU_XLA_FLAGS, cpu_lacks_fma, host_cpu
 
     cpu = host_cpu()
-    assert set(PORTABLE_CPU_XLA_FLAGS) <= set(environment["xla_flags"].split())
-    assert environment["cpu_bits"] == "portable"
-    assert environment["TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL"] == "false"
+    if not cpu_lacks_fma():  # without FMA the run is in the machine mode (test_a_cpu_without_fma_runs_...)
+        assert set(PORTABLE_CPU_XLA_FLAGS) <= set(environment["xla_flags"].split())
+        assert environment["cpu_bits"] == "portable"
+        assert environment["TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL"] == "false"
     assert (environment["cpu_model"], environment["cpu_vendor"], environment["cpu_cores"]) == (
         cpu["model"], cpu["vendor"], cpu["cores"])
     assert environment["cpu_instruction_sets"].split() == cpu["instruction_sets"]

@@ -9,7 +9,7 @@ import json
 import pytest
 from conftest import ROOT
 
-from benchmarks.golden_bits import GOLDEN, MODELS, seeded_run_sha256
+from benchmarks.golden_bits import GOLDEN, MODELS, seeded_run_sha256, with_machine
 from vaejax.devices import PORTABLE_CPU_XLA_FLAGS, cpu_bits_in_force, cpu_lacks_fma, host_cpu
 
 GOLDEN_RECORD = json.loads(GOLDEN.read_text())
@@ -62,7 +62,7 @@ def test_the_portable_bits_measurements_are_of_these_settings_and_of_these_hashe
     assert all(len(digests) > 1 for digests in default_hashes.values())
 
 
-def test_a_cpu_without_fma_was_measured_to_hang_in_portable_mode_and_to_run_in_train_pys():
+def test_a_cpu_without_fma_was_measured_to_hang_in_portable_mode_and_train_pys_choice_to_run():
     """README's CPUs-without-FMA paragraph: under qemu's SandyBridge the portable settings never finished, and
     train.py's own choice (the machine mode there) did; everywhere else train.py's choice gave the golden bytes."""
     measured = MEASURED["portable_bits-no_fma.json"]["configs"]
@@ -76,3 +76,34 @@ def test_a_cpu_without_fma_was_measured_to_hang_in_portable_mode_and_to_run_in_t
             assert row["cpu_bits"] == "machine" and row["sha256"] == xla_own["sha256"]
         else:
             assert row["cpu_bits"] == "portable" and row["sha256"] == {"dense_ae": GOLDEN_RECORD["sha256"]["dense_ae"]}
+
+
+def ablation_hashes(name: str, config: str) -> set[tuple]:
+    """The (model, hash) pairs a configuration of one portable_bits.py measurement gave at any core count."""
+    rows = MEASURED[name]["configs"][config]["environments"].values()
+    return {(model, digest) for row in rows for model, digest in row.get("sha256", {}).items()}
+
+
+def test_which_part_of_the_portable_settings_two_cpus_of_other_vendors_and_vector_widths_need():
+    """README's ablation: an AVX2 AMD EPYC and an AVX-512 Intel Xeon agree with every portable part, disagree
+    without the platform-dependent math off or without Eigen's own contraction kernel, and agree without the
+    AVX cap (each is one hash per model there)."""
+    amd, intel = "portable_bits-amd_epyc.json", "portable_bits-xeon_avx512.json"
+    assert "avx512f" in MEASURED[intel]["provenance"]["machine"]["cpu"]["instruction_sets"]
+    assert "avx512f" not in MEASURED[amd]["provenance"]["machine"]["cpu"]["instruction_sets"]
+    for config, agree in [("portable", True), ("portable-minus-max_isa_avx", True),
+                          ("portable-minus-platform_dependent_math", False),
+                          ("portable-minus-eigen_default_contraction", False)]:
+        assert (ablation_hashes(amd, config) == ablation_hashes(intel, config)) == agree, config
+    assert len(ablation_hashes(intel, "portable-minus-max_isa_avx")) == 2  # conv_vae's and dense_ae's, no more
+
+
+def test_a_machine_is_listed_once_with_every_model_checked_on_it():
+    def entry(models, date):
+        return {"cpu_model": "X", "cpu_vendor": "V", "cores": 2, "how": "native", "models": models, "date": date}
+
+    other = entry(["dense_ae"], "1") | {"cores": 1}
+    machines, news = with_machine([other, entry(["conv_vae", "dense_ae"], "1")], entry(["dense_ae"], "2"))
+    assert news == "already listed with these models" and machines[1]["date"] == "1"
+    machines, news = with_machine([other, entry(["conv_vae"], "1")], entry(["dense_ae"], "2"))
+    assert news == "listed" and machines == [other, entry(["conv_vae", "dense_ae"], "2")]

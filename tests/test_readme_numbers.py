@@ -109,6 +109,16 @@ def test_refresh_sets_the_named_files_numbers_at_readmes_decimals_and_leaves_the
                                                                 "figures/other.json says 7.5 (7.5)"]
 
 
+def test_a_refreshed_number_is_fixed_point_never_minus_zero_and_still_readable_by_the_checker(tmp_path):
+    (tmp_path / "run.json").write_text('{"tiny": 1.2e-7, "gone": -0.00001, "change": -3.25}')
+    stale = ("<!--n:run.json#tiny-->0.0000005 <!--n:run.json#gone-->+0.5 <!--n:run.json#gone-->1.00 "
+             "<!--n:run.json#change-->-1.0")
+    readme, _ = refreshed(stale, {"run.json"}, tmp_path)
+    assert readme == ("<!--n:run.json#tiny-->0.0000001 <!--n:run.json#gone-->+0.0 <!--n:run.json#gone-->0.00 "
+                      "<!--n:run.json#change-->-3.3")
+    assert problems(readme, tmp_path) == []
+
+
 def test_refreshing_readme_from_its_own_files_changes_nothing():
     readme = README.read_text()
     assert refreshed(readme, {marker["path"] for marker in markers()}) == (readme, [])

@@ -84,6 +84,7 @@ def backend_started() -> bool:
 
 
 _flags_set_late = False  # XLA_FLAGS changed after the backend had read them
+_machine_for_want_of_fma = False  # portable bits were asked for, and this CPU's lack of FMA gave machine ones
 _added_flags: set[str] = set()  # the XLA flags this process added (a later call may take them out again)
 _added_variables: set[str] = set()  # likewise the environment variables
 
@@ -101,14 +102,15 @@ def use_deterministic_kernels(enabled: bool = True, cpu_bits: str | None = "port
     machine: there is no portable kernel to run (`cpu_lacks_fma`). A setting the user made themselves (in
     XLA_FLAGS, for the same option, or in the environment) is kept. Takes effect only if no JAX backend
     has started yet in this process."""
-    global _flags_set_late
+    global _flags_set_late, _machine_for_want_of_fma
     if cpu_bits is not None and cpu_bits not in CPU_BITS:
         raise ValueError(f"cpu_bits must be one of {CPU_BITS} or None, got {cpu_bits!r}")
     before, variables_before = os.environ.get("XLA_FLAGS", ""), set(_added_variables)
     flags = [flag for flag in before.split() if flag not in _added_flags]
     _added_flags.clear()
     users = {flag_name(flag) for flag in flags}
-    if cpu_bits == "portable" and cpu_lacks_fma():
+    _machine_for_want_of_fma = cpu_bits == "portable" and cpu_lacks_fma()
+    if _machine_for_want_of_fma:
         cpu_bits = "machine"  # the run's log says why (DevicePlan.describe)
     cpu_flags = {"portable": PORTABLE_CPU_XLA_FLAGS, "machine": MACHINE_CPU_XLA_FLAGS, None: ()}[cpu_bits]
     wanted = [DETERMINISTIC_XLA_FLAG] * enabled + list(cpu_flags)
@@ -146,6 +148,7 @@ def cpu_bits_in_force() -> str:
     return "portable" if portable else "machine"
 
 
+CPUINFO = Path("/proc/cpuinfo")  # the kernel's view of the CPU (Linux)
 # The vector and matrix extensions that change which kernels XLA:CPU (and PyTorch) run; every amx_* flag is added.
 CPU_INSTRUCTION_SETS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16")
 
@@ -153,8 +156,7 @@ CPU_INSTRUCTION_SETS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "
 def host_cpu() -> dict:
     """The first processor's model, vendor and instruction sets from /proc/cpuinfo; the cores this process may use."""
     fields = {}
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
+    for line in CPUINFO.read_text().splitlines() if CPUINFO.is_file() else []:
         name, colon, value = line.partition(":")
         if not colon:  # a blank line ends the first processor's block
             break
@@ -168,7 +170,8 @@ def host_cpu() -> dict:
 
 
 def cpu_lacks_fma() -> bool:
-    """Whether this is an x86-64 CPU without FMA3 (Intel before Haswell, AMD before Piledriver). With platform-
+    """Whether this is an x86-64 CPU without FMA3 (Intel Sandy/Ivy Bridge and older, AMD Bulldozer, Jaguar and
+    older). With platform-
     dependent math off, YNNPACK (jaxlib 0.10.2) has only FMA kernels for a dot: without FMA it finds none and
     hangs ("No dot kernel found", benchmarks/results/portable_bits-no_fma.json). Asked of the CPU itself (CPUID,
     through NumPy's dispatcher): under an emulator /proc/cpuinfo names the host's CPU."""
@@ -176,9 +179,13 @@ def cpu_lacks_fma() -> bool:
         return False
     try:
         from numpy._core._multiarray_umath import __cpu_features__ as features
-    except ImportError:  # a NumPy without its dispatcher's table: the kernel's view
+    except ImportError:
+        features = {}
+    if "FMA3" in features:
+        return not features["FMA3"]
+    if CPUINFO.is_file():  # a NumPy without its dispatcher's table: the kernel's view
         return "fma" not in host_cpu()["instruction_sets"]
-    return not features.get("FMA3", "fma" in host_cpu()["instruction_sets"])
+    return False  # nothing to ask: every x86-64 CPU made since 2015 has FMA
 
 
 # The entries of a run's environment that name the CPU: its bits depend on them only off the portable mode.
@@ -291,7 +298,7 @@ class DevicePlan:
             lines.append(f"each batch's gradient summed over {self.micro_batches} micro-batches differentiated "
                          "side by side")
         if self.backend == "cpu" and self.cpu_bits == "machine":
-            why = ("this CPU has no FMA, without which XLA:CPU has no portable kernels" if cpu_lacks_fma() else
+            why = ("this CPU has no FMA, without which XLA:CPU has no portable kernels" if _machine_for_want_of_fma else
                    "--cpu_bits machine, or XLA_FLAGS overriding a portable setting")
             lines.append(f"warning: this run's bits are this CPU's ({why}): another CPU model or core count gives "
                          "other bits for the same seed")

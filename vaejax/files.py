@@ -89,8 +89,8 @@ def _umask() -> int:
     return mask
 
 
-def write_json(path: Path, record: dict) -> None:
-    atomic_write(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+def write_json(path: Path, record: dict, sort_keys: bool = True) -> None:
+    atomic_write(path, (json.dumps(record, indent=2, sort_keys=sort_keys) + "\n").encode())
 
 
 def make_folder(folder: Path, what: str = "folder") -> None:
