@@ -167,8 +167,10 @@ def run_child(environment: str, parts: list[str], shim: Path | None, arguments: 
     started = time.perf_counter()
     try:
         result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s", "wall_s": round(time.perf_counter() - started, 1)}
+    except subprocess.TimeoutExpired as expired:  # what it last said tells a hang from slowness
+        said = expired.stderr.decode(errors="replace") if isinstance(expired.stderr, bytes) else expired.stderr or ""
+        return {"error": f"timed out after {timeout:.0f} s", "wall_s": round(time.perf_counter() - started, 1),
+                "last_output": said.strip().splitlines()[-3:]}
     wall = round(time.perf_counter() - started, 1)
     lines = [line for line in result.stdout.splitlines() if line.startswith(RESULT)]
     if result.returncode != 0 or not lines:

@@ -20,6 +20,7 @@ SMOKES = {
     ("augmentation.py",): {"setting", "results"},
     ("beta_table.py",): {"setting", "rows"},
     ("cpu_kernels.py",): {"cores", "choices", "timings", "bits", "best"},
+    ("default_run.py",): {"same", "differences", "machine", "params_sha256"},
     ("determinism.py",): {"model", "epochs", "limit", "modes", "backend", "deterministic_cost", "modes_agree"},
     ("explore_latency.py",): {"what", "workdir", "model", "latent_dim", "pointer_moves", "pointer_events_measured",
                               "median_ms", "p95_ms", "target_ms", "chromium"},
@@ -47,8 +48,8 @@ NOT_SMOKED = {  # the files of benchmarks/ that are not benchmark scripts, or ar
 PROVENANCE = {"command", "date", "commit", "machine", "versions", "xla_flags"}
 # The scripts that measure vaejax in their own process, so must put train.py's kernel settings in place first; the
 # others run train.py, vaejax's commands or children with their own settings (cpu_kernels, portable_bits).
-IN_PROCESS = {"augmentation.py", "beta_table.py", "layer_profile.py", "loop_structure.py", "sampler_table.py",
-              "seed003_dense_ae.py", "train_speed.py"}
+IN_PROCESS = {"augmentation.py", "beta_table.py", "default_run.py", "layer_profile.py", "loop_structure.py",
+              "sampler_table.py", "seed003_dense_ae.py", "train_speed.py"}
 # what the suite's own process put in place (conftest): a smoke run starts without it, as a user's shell would
 SUITE_SETTINGS = ("XLA_FLAGS", "TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL")
 

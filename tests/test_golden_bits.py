@@ -107,3 +107,15 @@ def test_a_machine_is_listed_once_with_every_model_checked_on_it():
     assert news == "already listed with these models" and machines[1]["date"] == "1"
     machines, news = with_machine([other, entry(["conv_vae"], "1")], entry(["dense_ae"], "2"))
     assert news == "listed" and machines == [other, entry(["conv_vae", "dense_ae"], "2")]
+
+
+def test_readmes_default_run_was_made_again_on_another_cpu_with_the_same_bytes():
+    """benchmarks/default_run.py's record: README's run's params hash, as README quotes it, and the machines
+    where `python train.py --latent_dim 2` gave those bytes and every epoch's metrics in figures/mnist/."""
+    from benchmarks.default_run import REFERENCE
+
+    record = json.loads(REFERENCE.read_text())
+    readme = (ROOT / "README.md").read_text()
+    assert f"params sha256 {record['params_sha256'][:8]}..." in readme
+    assert record["machines"] and all(machine["cpu_bits"] == "portable" for machine in record["machines"])
+    assert len((ROOT / "figures/mnist/metrics.jsonl").read_text().splitlines()) == record["epochs"] == 20

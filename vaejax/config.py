@@ -69,7 +69,7 @@ class Config:
     test_image_number: int = 5
     plot_latent: bool | None = None
     deterministic: bool = True  # GPU: deterministic XLA kernels (vaejax.devices)
-    cpu_bits: str = "portable"  # XLA:CPU: the same bytes on every CPU, or "machine" (vaejax.devices.CPU_BITS)
+    cpu_bits: str = "portable"  # XLA:CPU: the same bytes on every CPU with FMA, or "machine" (vaejax.devices.CPU_BITS)
     loop: str = "auto"
     tensorboard: bool = True
     binarize: str = "none"

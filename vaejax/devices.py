@@ -20,7 +20,7 @@ import jaxlib
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vaejax.config import CPU_BITS  # --cpu_bits: the same bytes on every CPU, or this CPU's fastest kernels
+from vaejax.config import CPU_BITS  # --cpu_bits: the same bytes on every CPU with FMA, or this CPU's fastest kernels
 from vaejax.errors import VaejaxError
 from vaejax.validation import host_memory_bytes
 
@@ -33,7 +33,8 @@ DETERMINISTIC_XLA_FLAG = "--xla_gpu_deterministic_ops=true"
 # reduction kernels per instruction set and splits them by thread count, LLVM's fast exp/log/tanh and
 # its code for the host's widest vectors (FMA or not) round differently, and Eigen's custom contraction
 # kernel dispatches per CPU and thread count. These settings, measured one by one in
-# benchmarks/results/portable_bits.json (each is needed there), make the bits the same on every x86-64 CPU
+# benchmarks/results/portable_bits*.json (each is needed there but the AVX cap, a margin that costs nothing
+# measured: cpu_kernels-xeon_avx512.json), make the bits the same on every x86-64 CPU
 # with FMA at any core count (one without runs in the machine mode: `cpu_lacks_fma`). Each reaches only
 # XLA:CPU; GPU and TPU programs are compiled as before.
 PORTABLE_CPU_XLA_FLAGS = (
@@ -96,7 +97,7 @@ def flag_name(flag: str) -> str:
 def use_deterministic_kernels(enabled: bool = True, cpu_bits: str | None = "portable") -> None:
     """Set XLA_FLAGS (and the environment) for reproducible bits before JAX's backend starts: with
     `enabled` XLA:GPU's deterministic kernels (off: XLA's fastest, which may not repeat); with
-    `cpu_bits="portable"` the XLA:CPU settings that give the same bytes on every CPU ("machine": the
+    `cpu_bits="portable"` the XLA:CPU settings that give the same bytes on every CPU with FMA ("machine": the
     fastest measured, convolutions in Eigen, whose bytes only this kind of CPU at this core count repeats;
     None: XLA:CPU's own settings, the benchmarks' baseline). On an x86-64 CPU without FMA, portable is
     machine: there is no portable kernel to run (`cpu_lacks_fma`). A setting the user made themselves (in
