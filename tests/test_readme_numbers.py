@@ -13,7 +13,8 @@ from benchmarks.readme_numbers import MARKER, README, ROOT, lookup, problems, re
 REQUIRED_SOURCES = {"figures/mnist/metrics.jsonl", "benchmarks/results/main_job-cpu.json",
                     "benchmarks/results/train_speed-cpu.json", "benchmarks/results/explore_latency.json",
                     "benchmarks/results/mutants.json", "benchmarks/results/sampler_table.json",
-                    "benchmarks/results/iwae_table.json"}
+                    "benchmarks/results/iwae_table.json", "benchmarks/results/seed003_dense_ae.json",
+                    "benchmarks/results/default_run.json"}
 
 
 def markers() -> list[re.Match]:
