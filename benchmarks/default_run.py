@@ -43,6 +43,11 @@ COMPARED = ("epoch", "train", "test")  # of each epoch's record; "seconds" is th
 MAX_PARAMS_BYTES = 64 * 2**20  # conv_vae's 3.35M float32 parameters are 13.4 MB
 
 
+def compared(records: list[dict]) -> list[dict]:
+    """What is compared of each epoch's record."""
+    return [{key: record.get(key) for key in COMPARED} for record in records]
+
+
 def run_record(workdir: Path) -> dict:
     """What the comparison reads of a finished run: its params' SHA-256, each epoch's metrics, its machine."""
     config = read_config_record(workdir / CONFIG_FILE)
@@ -52,7 +57,7 @@ def run_record(workdir: Path) -> dict:
     params = read_regular_file(workdir / PARAMS_FILE, MAX_PARAMS_BYTES, "a run's params")
     records = read_metrics(workdir, epochs)
     return {"params_sha256": hashlib.sha256(params).hexdigest(),
-            "metrics": [{key: record.get(key) for key in COMPARED} for record in records],
+            "metrics": compared(records),
             "epoch_seconds": [record["seconds"] for record in records if is_number(record.get("seconds"))],
             "model": config.get("model"), "environment": config.get(ENVIRONMENT_KEY) or {}}
 
@@ -114,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                                   f"{README_METRICS.relative_to(ROOT)}), and the machines that gave the same",
                           "command": COMMAND, "epochs": len(found["metrics"]), "params_sha256": found["params_sha256"],
                           "machines": []})
-            metrics = [{key: record.get(key) for key in COMPARED}
-                       for record in read_metrics(README_METRICS.parent, reference["epochs"])]
+            metrics = compared(read_metrics(README_METRICS.parent, reference["epochs"]))
     differ = differences(found, reference["params_sha256"], metrics)
     machine = machine_of(found)
     print("\n".join(differ) or f"{run}: the same params bytes and {len(metrics)} epochs of metrics as README's run "

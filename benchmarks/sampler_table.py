@@ -10,10 +10,9 @@ conditional model asked for every class equally often) and judged by the cached 
 confidence, entropy of the predicted classes (and, for conv_cvae, how often the image shows the
 class asked for). The prior's draws use evaluate's key, so its row repeats evaluate's numbers for
 the same seed on the same machine (on another CPU, to about 1e-8: the Frechet distance's float64 linear algebra
-runs in NumPy's OpenBLAS, whose kernels differ per instruction set). Beside them: the mean log-likelihood of the test
-set's latent means under the
-sampler (nats per code: how well the sampler covers where the data is), and the real training
-images as the floor. The prior is skipped for a plain autoencoder, which has none. Mixture fits are
+runs in NumPy's OpenBLAS, whose kernels differ per instruction set). Beside them: the mean log-likelihood of the
+test set's latent means under the sampler (nats per code: how well the sampler covers where the data is), and the
+real training images as the floor. The prior is skipped for a plain autoencoder, which has none. Mixture fits are
 cached in each run's `samplers/` folder.
 """
 
