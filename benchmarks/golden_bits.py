@@ -56,15 +56,20 @@ def machine_entry(how: str = "native") -> dict:
     from vaejax.devices import host_cpu
 
     cpu = host_cpu()
-    return {"cpu_model": cpu["model"], "cpu_vendor": cpu["vendor"], "instruction_sets": cpu["instruction_sets"],
+    return {"cpu_model": cpu["model"], "cpu_vendor": cpu["vendor"], "cpu_generation": cpu["generation"],
+            "instruction_sets": cpu["instruction_sets"],
             "cores": cpu["cores"], "how": how,
             "date": datetime.datetime.now(datetime.UTC).date().isoformat(), "commit": commit(),
             "jax": versions().get("jax")}
 
 
 def same_machine(a: dict, b: dict) -> bool:
-    keys = ("cpu_model", "cpu_vendor", "cores", "how")
-    return all(a.get(key) == b.get(key) for key in keys)
+    """Whether two records name one kind of machine: a virtual machine's model name ("AMD EPYC") can stand for
+    CPUs of several generations and instruction sets, so those are compared too (the generation where both have
+    it: earlier records lack it)."""
+    keys = ("cpu_model", "cpu_vendor", "instruction_sets", "cores", "how")
+    generations = a.get("cpu_generation"), b.get("cpu_generation")
+    return all(a.get(key) == b.get(key) for key in keys) and (None in generations or len(set(generations)) == 1)
 
 
 def with_machine(machines: list[dict], entry: dict) -> tuple[list[dict], str]:
@@ -166,9 +171,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{here['cores']} cores) gives other bytes", file=sys.stderr)
         return 1
     if args.record:
-        golden["machines"], _ = with_machine(golden["machines"], here | {"models": sorted(found)})
-        write_result(path, golden)
-        print(f"recorded {here['cpu_model']} ({here['cores']} cores) in {path}")
+        golden["machines"], change = with_machine(golden["machines"], here | {"models": sorted(found)})
+        if change == "listed":
+            write_result(path, golden)
+        print(f"{here['cpu_model']} ({here['cores']} cores): {change} in {path}")
     return 0
 
 

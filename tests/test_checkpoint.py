@@ -166,6 +166,10 @@ def test_a_resume_on_another_cpu_is_warned_of_only_where_the_bits_depend_on_it(t
         "cpu_bits", "cpu_cores", "cpu_instruction_sets", "cpu_model"]
     assert checkpoint.prepare_workdir(tmp_path, resumed, local["epyc"]) == [
         "cpu_cores", "cpu_instruction_sets", "cpu_model"]
+    zen5 = local["epyc"] | {"cpu_generation": "family 26 model 2"}  # recorded since 2026-12-03; epyc lacks it
+    assert checkpoint.prepare_workdir(tmp_path, resumed, zen5) == []
+    assert checkpoint.prepare_workdir(tmp_path, resumed, zen5 | {"cpu_generation": "family 25 model 17"}) == [
+        "cpu_generation"]
     gpu = {"backend": "gpu", "cpu_bits": "machine", "device_kind": "NVIDIA H200", "cpu_model": "AMD EPYC"}
     checkpoint.prepare_workdir(tmp_path, dataclasses.replace(config, overwrite=True), gpu)
     assert checkpoint.prepare_workdir(tmp_path, resumed, gpu | {"cpu_model": "Intel Xeon"}) == []  # a GPU's bits

@@ -109,6 +109,18 @@ def test_a_machine_is_listed_once_with_every_model_checked_on_it():
     assert news == "listed" and machines == [other, entry(["conv_vae", "dense_ae"], "2")]
 
 
+def test_one_model_name_of_two_cpu_generations_is_listed_twice():
+    """A virtual machine may call a Zen 4 without AVX-512 and a Zen 5 with it both "AMD EPYC": both are listed."""
+    zen4 = {"cpu_model": "AMD EPYC", "cpu_vendor": "AuthenticAMD", "instruction_sets": ["avx", "avx2", "fma"],
+            "cores": 2, "how": "native", "models": ["conv_vae", "dense_ae"]}
+    zen5 = zen4 | {"instruction_sets": ["avx", "avx2", "fma", "avx512f"], "cpu_generation": "family 26 model 2"}
+    machines, news = with_machine([zen4], zen5)
+    assert news == "listed" and machines == [zen4, zen5]
+    later_zen4 = zen4 | {"cpu_generation": "family 25 model 17"}  # an earlier record without the generation
+    assert with_machine([zen4], later_zen4)[1] == "already listed with these models"
+    assert with_machine([zen5], zen5 | {"cpu_generation": "family 26 model 68"})[1] == "listed"
+
+
 def test_readmes_default_run_was_made_again_on_another_cpu_with_the_same_bytes():
     """benchmarks/default_run.py's record: README's run's params hash, as README quotes it, and the machines
     where `python train.py --latent_dim 2` gave those bytes and every epoch's metrics in figures/mnist/."""

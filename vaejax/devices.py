@@ -163,8 +163,11 @@ def host_cpu() -> dict:
             break
         fields.setdefault(name.strip(), value.strip())
     flags = set(fields.get("flags", "").split())
+    # A virtual machine's model name can be as vague as "AMD EPYC": family and model number say which generation.
+    generation = (f"family {fields['cpu family']} model {fields['model']}"
+                  if "cpu family" in fields and "model" in fields else None)
     return {"model": fields.get("model name") or platform.processor() or platform.machine(),
-            "vendor": fields.get("vendor_id"), "architecture": platform.machine(),
+            "vendor": fields.get("vendor_id"), "generation": generation, "architecture": platform.machine(),
             "cores": len(os.sched_getaffinity(0)),
             "instruction_sets": [flag for flag in CPU_INSTRUCTION_SETS if flag in flags]
                                 + sorted(flag for flag in flags if flag.startswith("amx"))}
@@ -190,13 +193,15 @@ def cpu_lacks_fma() -> bool:
 
 
 # The entries of a run's environment that name the CPU: its bits depend on them only off the portable mode.
-CPU_ENTRIES = ("cpu_model", "cpu_vendor", "cpu_instruction_sets", "cpu_cores")
+CPU_ENTRIES = ("cpu_model", "cpu_vendor", "cpu_generation", "cpu_instruction_sets", "cpu_cores")
 
 
 def bits_differ(before: dict, now: dict) -> list[str]:
     """The environment entries whose change would change a run's bits (a resume is warned of these):
     every changed entry, except the CPU's on a GPU or TPU, or when both parts ran in portable mode."""
-    changed = sorted(name for name in now if before.get(name) != now[name])
+    # A part recorded before the CPU's generation was is not taken to differ in it.
+    changed = sorted(name for name in now if before.get(name) != now[name]
+                     and not (name == "cpu_generation" and name not in before))
     cpu_irrelevant = now.get("backend") != "cpu" or before.get("cpu_bits") == now.get("cpu_bits") == "portable"
     return [name for name in changed if not (cpu_irrelevant and name in CPU_ENTRIES)]
 
@@ -284,7 +289,7 @@ class DevicePlan:
             "process_count": self.process_count, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
             "xla_flags": os.environ.get("XLA_FLAGS", ""), "deterministic_kernels": self.deterministic_kernels,
             "cpu_bits": self.cpu_bits, **{name: os.environ.get(name) for name in PORTABLE_CPU_ENVIRONMENT},
-            "cpu_model": cpu["model"], "cpu_vendor": cpu["vendor"],
+            "cpu_model": cpu["model"], "cpu_vendor": cpu["vendor"], "cpu_generation": cpu["generation"],
             "cpu_instruction_sets": " ".join(cpu["instruction_sets"]), "cpu_cores": cpu["cores"],
             "loop": self.loop, "micro_batches": self.micro_batches,
         }
