@@ -66,7 +66,8 @@ def machine_of(found: dict) -> dict:
     """The run's machine as golden_bits.json lists one (golden_bits.with_machine keeps one record per machine)."""
     environment = found["environment"]
     return {"cpu_model": environment.get("cpu_model"), "cpu_vendor": environment.get("cpu_vendor"),
-            "cpu_generation": environment.get("cpu_generation"), "instruction_sets": (environment.get("cpu_instruction_sets") or "").split(),
+            "cpu_generation": environment.get("cpu_generation"),
+            "instruction_sets": (environment.get("cpu_instruction_sets") or "").split(),
             "cores": environment.get("cpu_cores"), "how": "native", "cpu_bits": environment.get("cpu_bits"),
             "date": datetime.datetime.now(datetime.UTC).date().isoformat(), "commit": commit(),
             "jax": environment.get("jax"), "models": [found["model"]],
