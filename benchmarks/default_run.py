@@ -18,7 +18,6 @@ seconds, which differ between machines and are not compared.
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
 import statistics
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks import smoke  # noqa: E402
-from benchmarks.golden_bits import with_machine  # noqa: E402
+from benchmarks.golden_bits import machine_record, today, with_machine  # noqa: E402
 from benchmarks.provenance import commit, provenance, write_result  # noqa: E402
 from vaejax.checkpoint import CONFIG_FILE, ENVIRONMENT_KEY, PARAMS_FILE, read_config_record, read_metrics  # noqa: E402
 from vaejax.devices import use_deterministic_kernels  # noqa: E402
@@ -65,13 +64,12 @@ def run_record(workdir: Path) -> dict:
 def machine_of(found: dict) -> dict:
     """The run's machine as golden_bits.json lists one (golden_bits.with_machine keeps one record per machine)."""
     environment = found["environment"]
-    return {"cpu_model": environment.get("cpu_model"), "cpu_vendor": environment.get("cpu_vendor"),
-            "cpu_generation": environment.get("cpu_generation"),
-            "instruction_sets": (environment.get("cpu_instruction_sets") or "").split(),
-            "cores": environment.get("cpu_cores"), "how": "native", "cpu_bits": environment.get("cpu_bits"),
-            "date": datetime.datetime.now(datetime.UTC).date().isoformat(), "commit": commit(),
-            "jax": environment.get("jax"), "models": [found["model"]],
-            "epoch_s_median": statistics.median(found["epoch_seconds"]) if found["epoch_seconds"] else None}
+    cpu = {"model": environment.get("cpu_model"), "vendor": environment.get("cpu_vendor"),
+           "generation": environment.get("cpu_generation"),
+           "instruction_sets": (environment.get("cpu_instruction_sets") or "").split()}
+    return machine_record(cpu, environment.get("cpu_cores"), "native", today(), commit(), environment.get("jax")) | {
+        "cpu_bits": environment.get("cpu_bits"), "models": [found["model"]],
+        "epoch_s_median": statistics.median(found["epoch_seconds"]) if found["epoch_seconds"] else None}
 
 
 def differences(found: dict, params_sha256: str, metrics: list[dict]) -> list[str]:

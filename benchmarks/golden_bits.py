@@ -52,15 +52,23 @@ def seeded_run_sha256(model: str) -> str:
         return hashlib.sha256((workdir / "params.msgpack").read_bytes()).hexdigest()
 
 
+def machine_record(cpu: dict, cores: int, how: str, date: str, commit_id: str, jax_version: str | None) -> dict:
+    """One checked machine as golden_bits.json and default_run.json list it; `cpu` as `host_cpu()` gives it."""
+    return {"cpu_model": cpu["model"], "cpu_vendor": cpu["vendor"], "cpu_generation": cpu.get("generation"),
+            "instruction_sets": cpu["instruction_sets"], "cores": cores, "how": how, "date": date,
+            "commit": commit_id, "jax": jax_version}
+
+
+def today() -> str:
+    return datetime.datetime.now(datetime.UTC).date().isoformat()
+
+
 def machine_entry(how: str = "native") -> dict:
+    """This machine, as it is now."""
     from vaejax.devices import host_cpu
 
     cpu = host_cpu()
-    return {"cpu_model": cpu["model"], "cpu_vendor": cpu["vendor"], "cpu_generation": cpu["generation"],
-            "instruction_sets": cpu["instruction_sets"],
-            "cores": cpu["cores"], "how": how,
-            "date": datetime.datetime.now(datetime.UTC).date().isoformat(), "commit": commit(),
-            "jax": versions().get("jax")}
+    return machine_record(cpu, cpu["cores"], how, today(), commit(), versions().get("jax"))
 
 
 def same_machine(a: dict, b: dict) -> bool:
@@ -96,10 +104,10 @@ def list_measured_machines(golden_path: Path, measured_path: Path) -> int:
             print(f"{environment}: {'no hashes' if not digests else 'other hashes'}: not listed")
             continue
         qemu_model, _, cores = environment.rpartition("-")
-        entry = {"cpu_model": cpu["model"], "cpu_vendor": cpu["vendor"], "instruction_sets": cpu["instruction_sets"],
-                 "cores": int(cores), "how": "native" if qemu_model == "native" else f"qemu-x86_64 -cpu {qemu_model}",
-                 "date": measured["provenance"]["date"][:10], "commit": measured["provenance"]["commit"],
-                 "jax": measured["provenance"]["versions"].get("jax"), "models": sorted(digests), "source": str(shown)}
+        how = "native" if qemu_model == "native" else f"qemu-x86_64 -cpu {qemu_model}"
+        entry = machine_record(cpu, int(cores), how, measured["provenance"]["date"][:10],
+                               measured["provenance"]["commit"], measured["provenance"]["versions"].get("jax"))
+        entry |= {"models": sorted(digests), "source": str(shown)}
         if qemu_model != "native":  # the emulated CPU's instruction sets, on the host named above
             entry |= {"cpu_model": f"{qemu_model} (emulated on {cpu['model']})",
                       "instruction_sets": QEMU_INSTRUCTION_SETS.get(qemu_model)}
